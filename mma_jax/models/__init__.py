@@ -1,0 +1,1 @@
+"""Vision tower, connectors, LLM and the VLM that joins them."""

@@ -1,0 +1,73 @@
+"""Building blocks shared by the vision tower, the connector and the LLM."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Remat policy names -> jax.checkpoint policies (None = no rematerialisation).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def dtype_of(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def param_init(init, names: Sequence[str]):
+  """An initializer whose parameter carries logical axis names for sharding."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def dense(features, names, *, axis=-1, use_bias=False, dtype=jnp.float32, name=None):
+  """DenseGeneral with logical names on the kernel (and on the bias: its trailing names)."""
+  n_out = len(features) if isinstance(features, (tuple, list)) else 1
+  return nn.DenseGeneral(
+      features, axis=axis, use_bias=use_bias, dtype=dtype, name=name,
+      kernel_init=param_init(nn.initializers.lecun_normal(), names),
+      bias_init=param_init(nn.initializers.zeros_init(), names[-n_out:]))
+
+
+def scanned(layer_cls, num_layers: int, remat: str, in_axes):
+  """layer_cls stacked num_layers times under nn.scan, params with a leading 'layers' axis.
+
+  The layer is called as layer(carry, *args) -> (carry, per_layer_output); in_axes says for each
+  of args whether it is scanned over (0) or shared by all layers (nn.broadcast).
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
+  if remat != "none":
+    layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  return nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                 in_axes=in_axes, length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x: f[..., D] -> f[..., D]; normalised in float32 as HF does."""
+    scale = self.param("scale", param_init(nn.initializers.ones_init(), ("embed",)), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32.astype(self.dtype) * scale.astype(self.dtype))
+
+
+def layer_norm(eps, dtype, name=None):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
+                      scale_init=param_init(nn.initializers.ones_init(), ("embed",)),
+                      bias_init=param_init(nn.initializers.zeros_init(), ("embed",)))
+
+
+def constrain(x, names):
+  """Activation sharding hint by logical names (a no-op outside a mesh/rules context)."""
+  return nn.with_logical_constraint(x, names)
