@@ -32,3 +32,28 @@ def vectors(kind: str, seg: str | None = None, turn: str | None = None):
 def matrix(rows: str) -> np.ndarray:
   """'11. 111' style rows (whitespace-separated) -> bool[L, L]."""
   return np.array([[c == "1" for c in row] for row in rows.split()], bool)
+
+
+def tiny_vlm_config(connector: str = "mlp", **llm_overrides):
+  """A VLM small enough to compile in seconds: 16 px images of 4 patches -> 4 tokens (mlp)."""
+  from mma_jax.models import configs
+  llm = dict(vocab_size=64, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp_dim=128)
+  llm.update(llm_overrides)
+  return configs.VLMConfig(
+      vision=configs.ViTConfig(image_size=16, patch_size=8, hidden=32, layers=1, heads=2,
+                               mlp_dim=64),
+      connector=configs.ConnectorConfig(kind=connector, depth=2, heads=2, dim_head=16,
+                                        num_latents=3),
+      llm=configs.LLMConfig(**llm))
+
+
+def model_batch(kind: str, seg=None, turn=None, num_images=None, seed=0, image_size=16,
+                tokens_per_image=4):
+  """A model batch (B=1) for a layout whose 'I' runs are tokens_per_image long per image."""
+  v = vectors(kind, seg, turn)
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(5, 64, size=v["role"].shape).astype(np.int32)
+  tokens[v["modality"] == 1] = 4
+  n = num_images or max(1, int(np.sum(v["modality"] == 1)) // tokens_per_image)
+  images = rng.uniform(-1, 1, size=(1, n, image_size, image_size, 3)).astype(np.float32)
+  return dict(v, tokens=tokens, images=images)
