@@ -1,0 +1,98 @@
+"""The common base config. configs/*.py start from base_config() and override; never copy it."""
+from __future__ import annotations
+
+import ml_collections
+
+KINDS = ("causal", "mma", "prefix")
+ORDERS = ("I&T", "T&I", "DOT")
+STAGES = ("pt", "sft")
+
+
+def tiny_model() -> ml_collections.ConfigDict:
+  """The built-in default: trains on a 2-core CPU in minutes. vocab_size 0 = the tokenizer's."""
+  return ml_collections.ConfigDict({
+      "vision": dict(image_size=32, patch_size=8, hidden=64, layers=2, heads=4, mlp_dim=128),
+      "connector": dict(kind="mlp"),
+      "llm": dict(vocab_size=0, hidden=128, layers=3, heads=4, kv_heads=2, head_dim=32,
+                  mlp_dim=256, dtype="float32", remat="none"),
+  })
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "sft"            # 'pt' (captions) or 'sft' (conversations)
+  c.mask = "mma"             # 'causal' | 'mma' | 'prefix'
+  c.init_from = ""           # PT workdir (or checkpoint dir) to start SFT from; '' = scratch
+  c.seed = 0
+  c.model = tiny_model()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""            # TFDS data_dir; '' = <workdir>/../mma_jax_data shared by runs
+  c.data.train_size = 6000
+  c.data.validation_size = 200
+  c.data.test_size = 600
+  c.data.seed = 0            # the benchmark's generator seed
+  c.data.order = "I&T"       # 'I&T' | 'T&I' | 'DOT' (T&I steps, then the same steps in I&T)
+  c.data.pack_length = 160   # tokens per training row
+  c.data.max_images = 4      # image slots per training row
+  c.data.packing = True      # False: one example per row, padded
+  c.data.skip_bad_records = False
+  c.data.shuffle_seed = 0
+  c.data.prefetch = 2        # batches prefetched by a background thread; 0 = none
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 3e-3
+  c.optim.warmup_steps = 100
+  c.optim.min_lr_ratio = 0.05
+  c.optim.weight_decay = 1e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.clip_norm = 1.0
+  c.optim.freeze = ("vision/.*",)   # regexes, full match on 'vision/layers/q/kernel'-style paths
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1500       # per order; DOT runs twice as many
+  c.train.batch_size = 16
+  c.train.grad_accum = 1     # micro-batches per step (batch_size must divide)
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep = 2
+  c.train.async_checkpoint = True
+  c.train.eval_every = 0     # validation every N steps; 0 = only the final test evaluation
+  c.train.peak_flops = 0.0   # per device, for MFU; 0 = unknown (not reported)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 50
+  c.eval.max_new_tokens = 3
+  c.eval.prompt_length = 112
+  c.eval.max_images = 2
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor)
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Impossible values get an error naming the key and what to use instead."""
+  def need(ok, key, msg):
+    if not ok:
+      raise ValueError(f"config.{key}={c_get(key)!r}: {msg}")
+
+  def c_get(key):
+    node = c
+    for part in key.split("."):
+      node = node[part]
+    return node
+
+  need(c.stage in STAGES, "stage", f"use one of {STAGES}")
+  need(c.mask in KINDS, "mask", f"use one of {KINDS}")
+  need(c.data.order in ORDERS, "data.order", f"use one of {ORDERS}")
+  need(c.train.steps > 0, "train.steps", "must be positive")
+  need(c.train.batch_size > 0, "train.batch_size", "must be positive")
+  need(c.train.grad_accum > 0 and c.train.batch_size % c.train.grad_accum == 0,
+       "train.grad_accum", f"must divide train.batch_size={c.train.batch_size}")
+  need(c.optim.lr > 0, "optim.lr", "must be positive")
+  need(c.data.pack_length > 0, "data.pack_length", "must be positive")
+  need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
+  need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+  need(c.train.log_every > 0, "train.log_every", "must be positive")
