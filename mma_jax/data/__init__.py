@@ -1,0 +1,1 @@
+"""Data: the built-in shapes benchmark, tokenizer + chat template, Grain pipeline."""

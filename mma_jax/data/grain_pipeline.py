@@ -1,0 +1,141 @@
+"""Grain input pipeline: records -> shuffled, sharded, tokenized, packed, batched training rows.
+
+  MapDataset.source -> shuffle(seed) -> repeat -> shard per process -> map(encode) ->
+  filter(bad, counted) -> to_iter_dataset -> first-fit pack to pack_length (each example with
+  its images into max_images slots; padding mode = one example per row) -> finish rows
+  (segment ids, targets, loss mask, image scaling) -> batch -> thread prefetch.
+
+A training batch (numpy):
+  tokens, targets, segment_ids, modality, role, turn, positions i32[B, L]; loss_mask bool[B, L]
+  images f32[B, N, H, W, 3] in [-1, 1]; image_valid bool[B, N]
+targets[i] = tokens[i + 1] inside the same example, and loss_mask[i] is True where that next
+token is a response token: the loss of token i predicts token i + 1.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import grain
+import jax
+import numpy as np
+from absl import logging
+
+from mma_jax.data.chat import BadRecord
+
+SEQUENCE_KEYS = ("tokens", "modality", "role", "turn", "positions")
+
+
+class SkipCounter:
+  """Counts records dropped by skip_bad_records, logging each with its reason."""
+
+  def __init__(self):
+    self.count = 0
+    self._lock = threading.Lock()
+
+  def skip(self, reason: str) -> None:
+    with self._lock:
+      self.count += 1
+      logging.warning("Skipped bad record (%d so far): %s", self.count, reason)
+
+
+class Encode:
+  """record -> example dict, checking it fits a row; bad records raise or are counted."""
+
+  def __init__(self, encode_fn: Callable[[Any], dict], pack_length: int, max_images: int,
+               skip_bad_records: bool, counter: SkipCounter):
+    self.encode_fn, self.pack_length, self.max_images = encode_fn, pack_length, max_images
+    self.skip_bad_records, self.counter = skip_bad_records, counter
+
+  def __call__(self, record):
+    try:
+      ex = self.encode_fn(record)
+      n, k = len(ex["tokens"]), len(ex["images"])
+      if n > self.pack_length or k > self.max_images:
+        raise BadRecord(
+            f"Record {record.get('id')!r} has {n} tokens and {k} images; a row holds "
+            f"config.data.pack_length={self.pack_length} tokens and config.data.max_images="
+            f"{self.max_images} images. Raise them (samples are never truncated) or set "
+            "config.data.skip_bad_records=True to skip such records with a count.")
+      return ex
+    except BadRecord as e:
+      if not self.skip_bad_records:
+        raise
+      self.counter.skip(str(e))
+      return None
+
+
+def finish_row(packed) -> dict:
+  """A packed row from Grain's packer -> the training row of the module docstring."""
+  seg = packed["tokens_segment_ids"].astype(np.int32)
+  tokens = packed["tokens"].astype(np.int32)
+  role = np.where(seg != 0, packed["role"], 0).astype(np.int32)
+  same = np.zeros_like(seg, bool)
+  same[:-1] = (seg[1:] == seg[:-1]) & (seg[:-1] != 0)
+  targets = np.where(same, np.roll(tokens, -1), 0).astype(np.int32)
+  loss_mask = same & (np.roll(role, -1) == 2)
+  images = packed["images"].astype(np.float32) / 127.5 - 1.0
+  return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "segment_ids": seg,
+          "modality": packed["modality"].astype(np.int32), "role": role,
+          "turn": packed["turn"].astype(np.int32), "positions": packed["positions"].astype(np.int32),
+          "images": images, "image_valid": packed["images_segment_ids"] != 0}
+
+
+def train_dataset(source, encode_fn: Callable[[Any], dict], *, batch_size: int,
+                  pack_length: int, max_images: int, packing: bool = True, seed: int = 0,
+                  skip_bad_records: bool = False, prefetch: int = 2, num_bins: int = 8,
+                  counter: SkipCounter | None = None) -> grain.IterDataset:
+  """The training IterDataset; iter() of it is a checkpointable Grain DatasetIterator.
+
+  Args:
+    source: a random-access source of records (e.g. tfds data source + decoding map).
+    encode_fn: record -> example dict (mma_jax.data.chat.encode with its options bound).
+    packing: first-fit pack several examples per row; False = one example per row, padded.
+  """
+  counter = counter or SkipCounter()
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.map(Encode(encode_fn, pack_length, max_images, skip_bad_records, counter))
+  ds = ds.filter(lambda ex: ex is not None)
+  it = ds.to_iter_dataset()
+  lengths = {k: pack_length for k in SEQUENCE_KEYS}
+  lengths["images"] = max_images
+  it = grain.experimental.FirstFitPackIterDataset(
+      it, length_struct=lengths, num_packing_bins=num_bins if packing else 1,
+      max_sequences_per_bin=None if packing else 1, shuffle_bins=False, seed=seed)
+  it = it.map(finish_row).batch(batch_size, drop_remainder=True)
+  if prefetch:
+    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+  return it
+
+
+def prompt_batches(examples, *, batch_size: int, prompt_length: int, max_images: int,
+                   image_size: int):
+  """Evaluation prompts, right-padded to one shape so decoding compiles once.
+
+  Args: examples: list of (example dict from chat.encode(..., drop_last_answer=True), answer,
+    question type).
+  Yields: (prompt dict of i32[B, P] vectors + images f32[B, N, H, W, 3], answers, types);
+    padding rows have answer None.
+  """
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    prompt = {k: np.zeros((batch_size, prompt_length), np.int32)
+              for k in SEQUENCE_KEYS + ("segment_ids",)}
+    prompt["images"] = np.zeros((batch_size, max_images, image_size, image_size, 3), np.float32)
+    answers, types = [None] * batch_size, [None] * batch_size
+    for row, (ex, answer, qtype) in enumerate(chunk):
+      n, k = len(ex["tokens"]), len(ex["images"])
+      if n > prompt_length or k > max_images:
+        raise ValueError(f"An evaluation prompt has {n} tokens and {k} images; raise "
+                         f"config.eval.prompt_length={prompt_length} / config.eval.max_images="
+                         f"{max_images}.")
+      for key in SEQUENCE_KEYS:
+        prompt[key][row, :n] = ex[key]
+      prompt["segment_ids"][row, :n] = 1
+      prompt["images"][row, :k] = ex["images"].astype(np.float32) / 127.5 - 1.0
+      answers[row], types[row] = answer, qtype
+    for row in range(len(chunk), batch_size):  # filler rows: one token, never scored
+      prompt["segment_ids"][row, 0] = 1
+      prompt["role"][row, 0] = 1
+    yield prompt, answers, types
