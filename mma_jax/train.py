@@ -205,6 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             scalars["mfu"] = 6 * n_train * tokens_seen / dt / (
                 config.train.peak_flops * jax.device_count())
           writer.write_scalars(step, scalars)
+          with open(os.path.join(workdir, "train_log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
           t0, tokens_seen = time.time(), 0
         if (step % config.train.checkpoint_every == 0 or step == total_steps or stop.requested
             or step == (phase + 1) * steps_per_phase):
@@ -217,6 +219,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           stopped = True
           break
     ckpt.close()
+    if data.skips.count:
+      logging.warning("%d bad training records were skipped (config.data.skip_bad_records).",
+                      data.skips.count)
     if stopped:
       logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s.", step,
                       ckpt.directory)
