@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.freeze = ("vision/.*",)   # regexes, full match on 'vision/layers/q/kernel'-style paths
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1500       # per order; DOT runs twice as many
+  c.train.steps = 1200       # per order; DOT runs twice as many
   c.train.batch_size = 16
   c.train.grad_accum = 1     # micro-batches per step (batch_size must divide)
   c.train.log_every = 50

@@ -21,9 +21,12 @@ def trainable_mask(params, freeze: Sequence[str]):
 
 
 def schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float):
-  """Linear warmup to lr, then cosine down to lr * min_lr_ratio at total_steps."""
+  """Linear warmup to lr, then cosine down to lr * min_lr_ratio at total_steps.
+
+  The first step already moves (lr / warmup_steps): a zero first step would be wasted.
+  """
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=max(warmup_steps, 1),
+      init_value=lr / max(warmup_steps, 1), peak_value=lr, warmup_steps=max(warmup_steps, 1),
       decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * min_lr_ratio)
 
 

@@ -189,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       while step < total_steps:
         if step == (phase + 1) * steps_per_phase:  # DOT: the second order starts fresh
           phase += 1
+          _close(iterator)
           iterator = data.train_iterator(phases[phase], model_cfg.tokens_per_image)
         batch = next(iterator)
         tokens_seen += int(np.sum(batch["segment_ids"] != 0))
@@ -219,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           stopped = True
           break
     ckpt.close()
+    _close(iterator)
     if data.skips.count:
       logging.warning("%d bad training records were skipped (config.data.skip_bad_records).",
                       data.skips.count)
@@ -234,6 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     json.dump({"step": step, "metrics": metrics, "examples": predictions[:20]}, f, indent=1)
   logging.info("Test metrics at step %d:\n%s", step, format_metrics(metrics))
   return metrics
+
+
+def _close(iterator):
+  """Stop a prefetching iterator's thread so it does not outlive the run."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
 
 
 def _check_finite(metrics, step, ckpt):
