@@ -203,3 +203,20 @@ def test_grad_accumulation_and_freezing(tiny):
   assert np.abs(np.asarray(v3) - np.asarray(v0)).max() > 0  # trainable: moved
   np.testing.assert_raises(AssertionError, np.testing.assert_array_equal,
                            p1["llm"]["lm_head"]["kernel"], params["llm"]["lm_head"]["kernel"])
+
+
+def test_pt_then_dot_sft_from_the_pt_checkpoint(data_dir, tmp_path):
+  pt = small_config(data_dir, steps=2, checkpoint_every=2)
+  pt.update(stage="pt", mask="causal")
+  train.train_and_evaluate(pt, str(tmp_path / "pt"))
+  sft = small_config(data_dir, steps=2, checkpoint_every=2)
+  sft.update(mask="mma", init_from=str(tmp_path / "pt"))
+  sft.data.order = "DOT"
+  train.train_and_evaluate(sft, str(tmp_path / "sft"))
+  scratch = small_config(data_dir, steps=1)
+  scratch.data.order = "T&I"
+  train.train_and_evaluate(scratch, str(tmp_path / "scratch"))
+  dot = read_log(str(tmp_path / "sft"))
+  assert sorted(dot) == [1, 2, 3, 4]  # DOT: T&I steps, then as many I&T steps
+  # Same first batch (T&I) as the scratch run; a different loss shows the PT weights were used.
+  assert dot[1] != pytest.approx(read_log(str(tmp_path / "scratch"))[1], abs=1e-4)
