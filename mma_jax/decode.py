@@ -29,9 +29,7 @@ def prefill(model: nn.Module, params, prompt: Mapping[str, Any], kind: str, max_
   Returns: (logits at each row's last prompt token f32[B, V], cache).
   """
   b, p = prompt["tokens"].shape
-  groups = masks.group_ids(prompt["segment_ids"][:, :1], prompt["modality"][:, :1],
-                           prompt["role"][:, :1], prompt["turn"][:, :1], kind)[0].shape[1]
-  cache = llm_lib.Cache.empty(model.cfg.llm, b, p + max_new_tokens, groups)
+  cache = llm_lib.Cache.empty(model.cfg.llm, b, p + max_new_tokens, masks.num_groups(kind))
   logits, cache = model.apply(params, prompt, kind, cache, 0)
   last = jnp.sum(prompt["segment_ids"] != 0, axis=1) - 1
   return jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], cache

@@ -55,6 +55,12 @@ def dense_mask(segment_ids, modality, role, turn, kind: str):
   return same_example & (causal | extra)
 
 
+def num_groups(kind: str, num_modalities: int = 2) -> int:
+  """G, the number of group channels group_ids returns for this kind."""
+  _check_kind(kind)
+  return num_modalities - 1 if kind == "mma" else 1
+
+
 def group_ids(segment_ids, modality, role, turn, kind: str, num_modalities: int = 2):
   """Compact form: per-token query-side and key-side group ids.
 

@@ -59,14 +59,14 @@ class Task:
   def eval_order(self) -> str:
     return "I&T" if self.config.data.order == "DOT" else self.config.data.order
 
-  def prompt_batches(self, split: str, tokens_per_image: int):
+  def eval_data(self, split: str, tokens_per_image: int):
+    """(prompt batches, chance per type) for a split, reading its records once."""
     e = self.config.eval
     encode = self._encode(tokens_per_image, self.eval_order(), drop_last_answer=True)
+    records = list(self.source(split))
     examples = [(encode(r), r["conversations"][-1]["value"], r["question_type"])
-                for r in self.source(split)]
-    return grain_pipeline.prompt_batches(examples, batch_size=e.batch_size,
-                                         prompt_length=e.prompt_length, max_images=e.max_images,
-                                         image_size=self.image_size)
-
-  def chance(self, split: str) -> dict[str, float]:
-    return synthetic.chance(list(self.source(split)))
+                for r in records]
+    batches = grain_pipeline.prompt_batches(examples, batch_size=e.batch_size,
+                                            prompt_length=e.prompt_length,
+                                            max_images=e.max_images, image_size=self.image_size)
+    return batches, synthetic.chance(records)

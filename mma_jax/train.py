@@ -257,9 +257,9 @@ def _check_finite(metrics, step, ckpt):
 def _evaluate(model, params, data, split, config, model_cfg):
   if config.stage == "pt":
     return {}, []
-  batches = data.prompt_batches(split, model_cfg.tokens_per_image)
+  batches, chance = data.eval_data(split, model_cfg.tokens_per_image)
   return evaluate.evaluate(model, {"params": params}, batches, data.tokenizer, config.mask,
-                           config.eval.max_new_tokens, data.chance(split))
+                           config.eval.max_new_tokens, chance)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
