@@ -89,7 +89,7 @@ class VLMConfig:
     return self.vision.num_patches
 
 
-def _build(cls, values: Mapping[str, Any], where: str):
+def build(cls, values: Mapping[str, Any], where: str):
   """Dataclass from a mapping; unknown keys are an error that names them."""
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - set(fields))
@@ -98,7 +98,7 @@ def _build(cls, values: Mapping[str, Any], where: str):
   kwargs = {}
   for name, value in values.items():
     if name == "rope":
-      value = _build(RopeConfig, value, f"{where}.rope")
+      value = build(RopeConfig, value, f"{where}.rope")
     elif isinstance(value, list):
       value = tuple(value)
     kwargs[name] = value
@@ -111,9 +111,9 @@ def vlm_config_from_dict(model: Mapping[str, Any]) -> VLMConfig:
   unknown = sorted(set(model) - {"vision", "connector", "llm"})
   if unknown:
     raise ValueError(f"Unknown key(s) {unknown} in config.model; valid: vision, connector, llm.")
-  cfg = VLMConfig(vision=_build(ViTConfig, model.get("vision", {}), "model.vision"),
-                  connector=_build(ConnectorConfig, model.get("connector", {}), "model.connector"),
-                  llm=_build(LLMConfig, model.get("llm", {}), "model.llm"))
+  cfg = VLMConfig(vision=build(ViTConfig, model.get("vision", {}), "model.vision"),
+                  connector=build(ConnectorConfig, model.get("connector", {}), "model.connector"),
+                  llm=build(LLMConfig, model.get("llm", {}), "model.llm"))
   validate(cfg)
   return cfg
 
@@ -122,7 +122,8 @@ def validate(cfg: VLMConfig) -> None:
   """Impossible values get an error naming the config key."""
   v, c, m = cfg.vision, cfg.connector, cfg.llm
   checks = [
-      (v.image_size % v.patch_size == 0, "model.vision.image_size must be a multiple of patch_size"),
+      # A VALID patch conv floors (SigLIP so400m: 384 / 14 -> 27 x 27 patches).
+      (v.image_size >= v.patch_size, "model.vision.image_size must be at least patch_size"),
       (v.hidden % v.heads == 0, "model.vision.hidden must be a multiple of model.vision.heads"),
       (m.heads % m.kv_heads == 0, "model.llm.heads must be a multiple of model.llm.kv_heads"),
       (m.head_dim % 2 == 0, "model.llm.head_dim must be even (RoPE rotates pairs)"),

@@ -1,0 +1,201 @@
+"""HF directories -> an mma_jax parameter checkpoint (Orbax) + model.json, and back.
+
+A converted directory:
+  params/        Orbax checkpoint of the parameter tree {vision?, connector?, llm?}
+  model.json     {"model": config.model dict, "components": [...], "family": ...,
+                  "template": chat template name, "source": [...]}
+  tokenizer.json (and the other tokenizer files) copied from the source, when present
+Trainers start from it with --config=configs/from_hf.py:DIR (or config.init_from=DIR).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mma_jax.convert import aki as aki_conv
+from mma_jax.convert import llm as llm_conv
+from mma_jax.convert import siglip
+from mma_jax.convert import tensors as tio
+from mma_jax.convert.rules import export_params, hf_shapes, import_params
+from mma_jax.models import configs as mc
+from mma_jax import attention
+from mma_jax.models import connector as connector_lib
+from mma_jax.models import llm as llm_lib
+from mma_jax.models import vit
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "generation_config.json")
+# Chat template per LLM family (mma_jax.data.templates); AKI has its own.
+TEMPLATES = {"llama": "llama3", "qwen2": "qwen2.5", "phi3": "phi3.5"}
+
+
+@dataclasses.dataclass
+class Converted:
+  """model: config.model sections for the components present; params: flat {path: array}."""
+  model: dict[str, Any]
+  params: dict[str, np.ndarray]
+  family: str = ""
+  template: str = ""
+  sources: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def components(self) -> list[str]:
+    return [c for c in ("vision", "connector", "llm") if c in self.model]
+
+
+def _convert(directory, model: dict, table, tensors, ignored=()):
+  """Check every tensor name and shape against what `model` needs, then convert."""
+  expected = hf_shapes(table, abstract_params(model))
+  given = {k: tuple(v.shape) for k, v in tensors.items()}
+  tio.check_keys(expected, given, ignored, where=f"checkpoint {directory}")
+  if ignored:
+    logging.info("Ignored %d tensors a VLM does not use (e.g. %s).", len(ignored),
+                 sorted(ignored)[0])
+  return import_params(table, tensors)
+
+
+def abstract_params(model: dict) -> dict[str, tuple]:
+  """{param path: shape} of the components in `model` (config.model sections), not allocated."""
+  key, shapes = jax.random.key(0), {}
+
+  def add(name, module, *args, **kwargs):
+    tree = jax.eval_shape(lambda: flax.core.meta.unbox(module.init(key, *args, **kwargs))["params"])
+    shapes.update({f"{name}/{'/'.join(k)}": v.shape
+                   for k, v in flax.traverse_util.flatten_dict(tree).items()})
+
+  if "vision" in model:
+    vis = mc.build(mc.ViTConfig, model["vision"], "model.vision")
+    add("vision", vit.ViT(vis), np.zeros((1, vis.image_size, vis.image_size, 3), np.float32))
+  if "llm" in model:
+    cfg = mc.build(mc.LLMConfig, model["llm"], "model.llm")
+    ones = np.ones((1, 2), np.int32)
+    ids = attention.token_ids(ones, 0 * ones, ones, 0 * ones, "causal")
+    add("llm", llm_lib.LLM(cfg), ones, ones, *ids,  # embed + decoder: every parameter
+        method=lambda m, t, *a: m(m.embed(t), *a))
+  if "connector" in model:
+    conn = mc.build(mc.ConnectorConfig, model["connector"], "model.connector")
+    width = model["vision"]["hidden"]
+    add("connector", connector_lib.make(conn, model["llm"]["hidden"], np.float32),
+        np.zeros((1, 4, width), np.float32))
+  return shapes
+
+
+def import_llm(directory: str) -> Converted:
+  c = tio.read_config(directory)
+  cfg = llm_conv.config_from_hf(c)
+  family = llm_conv.family_of(c)
+  tensors = tio.read_tensors(directory)
+  ignored = [k for k in tensors if k.endswith("rotary_emb.inv_freq")]
+  table = llm_conv.rules(cfg, family)
+  model = {"llm": _asdict(cfg)}
+  params = _convert(directory, model, table, tensors, ignored)
+  return Converted(model, params, family, TEMPLATES[family], [directory])
+
+
+def import_vision(directory: str) -> Converted:
+  c = tio.read_config(directory)
+  cfg = siglip.config_from_hf(c)
+  tensors = tio.read_tensors(directory)
+  prefix = siglip.hf_prefix_of(c)
+  ignored = [k for k in tensors if siglip.IGNORED.fullmatch(k[len(prefix):])
+             or not k.startswith(prefix)]
+  model = {"vision": _asdict(cfg)}
+  params = _convert(directory, model, siglip.rules(cfg, hf_prefix=prefix), tensors, ignored)
+  return Converted(model, params, sources=[directory])
+
+
+def import_aki(directory: str, vision_config: str, llm_config: str,
+               perceiver_heads: int = 8) -> Converted:
+  """vision_config / llm_config: config.json files of the SigLIP and Phi-3.5 models it wraps."""
+  aki_cfg = tio.read_config(directory)
+  tensors = tio.read_tensors(directory)
+  with open(vision_config) as f:
+    vis = json.load(f)
+  with open(llm_config) as f:
+    llm = json.load(f)
+  model, table, ignored = aki_conv.configs(aki_cfg, tensors, vis, llm, perceiver_heads)
+  params = _convert(directory, model, table, tensors, ignored)
+  return Converted(model, params, "phi3", "aki", [directory])
+
+
+def combine(vision: Converted, llm: Converted, connector: dict, seed: int = 0) -> Converted:
+  """A fresh VLM: a converted vision tower + a converted LLM + a newly initialised connector."""
+  conn_cfg = mc.build(mc.ConnectorConfig, connector, "model.connector")
+  vis_cfg = mc.build(mc.ViTConfig, vision.model["vision"], "model.vision")
+  llm_hidden = llm.model["llm"]["hidden"]
+  module = connector_lib.make(conn_cfg, llm_hidden, np.float32)
+  media = np.zeros((1, vis_cfg.num_patches, vis_cfg.hidden), np.float32)
+  fresh = flax.core.meta.unbox(module.init(jax.random.key(seed), media)["params"])
+  conn = {f"connector/{'/'.join(k)}": np.asarray(v)
+          for k, v in flax.traverse_util.flatten_dict(fresh).items()}
+  model = {"vision": vision.model["vision"], "connector": _asdict(conn_cfg),
+           "llm": llm.model["llm"]}
+  return Converted(model, {**vision.params, **conn, **llm.params}, llm.family, llm.template,
+                   vision.sources + llm.sources)
+
+
+def _asdict(cfg) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def nested(flat: dict[str, Any]) -> dict:
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  return {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def save(conv: Converted, out: str, tokenizer_from: str | None = None) -> None:
+  """Write params/ (Orbax) and model.json; copy tokenizer files from tokenizer_from."""
+  out = os.path.abspath(out)
+  if os.path.exists(os.path.join(out, "params")):
+    raise FileExistsError(f"{out}/params exists; choose a new --out directory.")
+  os.makedirs(out, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(out, "params"), nested(conv.params))
+  meta = {"model": conv.model, "components": conv.components, "family": conv.family,
+          "template": conv.template, "sources": conv.sources}
+  with open(os.path.join(out, "model.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+  if tokenizer_from:
+    for name in TOKENIZER_FILES:
+      if os.path.exists(os.path.join(tokenizer_from, name)):
+        shutil.copy(os.path.join(tokenizer_from, name), os.path.join(out, name))
+
+
+def load(directory: str) -> tuple[dict, dict]:
+  """(model.json contents, nested numpy params) of a converted directory."""
+  path = os.path.join(directory, "model.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a directory written by mma_jax.convert.")
+  with open(path) as f:
+    meta = json.load(f)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"))
+  return meta, jax.tree_util.tree_map(np.asarray, params)
+
+
+def export_llm(model: dict, params: dict, family: str, out: str,
+               dtype=np.float32, extra_config: dict | None = None) -> None:
+  """The LLM of a parameter tree as an HF {family}ForCausalLM directory."""
+  cfg = mc.build(mc.LLMConfig, model["llm"], "model.llm")
+  table = llm_conv.rules(cfg, family)
+  tensors = export_params(table, flat({"llm": params["llm"]}), dtype)
+  tio.write_tensors(out, tensors, llm_conv.config_to_hf(cfg, family, extra_config))
+
+
+def export_vision(model: dict, params: dict, out: str, dtype=np.float32) -> None:
+  """The vision tower as an HF SiglipVisionModel directory."""
+  cfg = mc.build(mc.ViTConfig, model["vision"], "model.vision")
+  tensors = export_params(siglip.rules(cfg), flat({"vision": params["vision"]}), dtype)
+  tio.write_tensors(out, tensors, siglip.config_to_hf(cfg))
