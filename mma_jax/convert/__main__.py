@@ -86,7 +86,7 @@ def run_export(a) -> None:
   else:
     family = a.family or meta.get("family") or (
         "qwen2" if meta["model"]["llm"].get("qkv_bias") else "llama")
-    hf.export_llm(meta["model"], params, family, a.hf_out, dtype)
+    hf.export_llm(meta["model"], params, family, a.hf_out, dtype, meta.get("special_ids"))
     for name in hf.TOKENIZER_FILES:
       src = os.path.join(a.source, name)
       if os.path.exists(src):

@@ -32,6 +32,8 @@ from mma_jax.models import connector as connector_lib
 from mma_jax.models import llm as llm_lib
 from mma_jax.models import vit
 
+# Token ids an exported config.json carries over (transformers' defaults may lie outside vocab).
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "generation_config.json")
 # Chat template per LLM family (mma_jax.data.templates); AKI has its own.
@@ -46,6 +48,7 @@ class Converted:
   family: str = ""
   template: str = ""
   sources: list[str] = dataclasses.field(default_factory=list)
+  special_ids: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def components(self) -> list[str]:
@@ -98,7 +101,8 @@ def import_llm(directory: str) -> Converted:
   table = llm_conv.rules(cfg, family)
   model = {"llm": _asdict(cfg)}
   params = _convert(directory, model, table, tensors, ignored)
-  return Converted(model, params, family, TEMPLATES[family], [directory])
+  return Converted(model, params, family, TEMPLATES[family], [directory],
+                   {k: c.get(k) for k in SPECIAL_IDS})
 
 
 def import_vision(directory: str) -> Converted:
@@ -140,7 +144,7 @@ def combine(vision: Converted, llm: Converted, connector: dict, seed: int = 0) -
   model = {"vision": vision.model["vision"], "connector": _asdict(conn_cfg),
            "llm": llm.model["llm"]}
   return Converted(model, {**vision.params, **conn, **llm.params}, llm.family, llm.template,
-                   vision.sources + llm.sources)
+                   vision.sources + llm.sources, llm.special_ids)
 
 
 def _asdict(cfg) -> dict:
@@ -164,7 +168,7 @@ def save(conv: Converted, out: str, tokenizer_from: str | None = None) -> None:
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(out, "params"), nested(conv.params))
   meta = {"model": conv.model, "components": conv.components, "family": conv.family,
-          "template": conv.template, "sources": conv.sources}
+          "template": conv.template, "sources": conv.sources, "special_ids": conv.special_ids}
   with open(os.path.join(out, "model.json"), "w") as f:
     json.dump(meta, f, indent=1)
   if tokenizer_from:
@@ -191,7 +195,9 @@ def export_llm(model: dict, params: dict, family: str, out: str,
   cfg = mc.build(mc.LLMConfig, model["llm"], "model.llm")
   table = llm_conv.rules(cfg, family)
   tensors = export_params(table, flat({"llm": params["llm"]}), dtype)
-  tio.write_tensors(out, tensors, llm_conv.config_to_hf(cfg, family, extra_config))
+  extra = {k: None for k in SPECIAL_IDS}
+  extra.update(extra_config or {})
+  tio.write_tensors(out, tensors, llm_conv.config_to_hf(cfg, family, extra))
 
 
 def export_vision(model: dict, params: dict, out: str, dtype=np.float32) -> None:
