@@ -1,19 +1,21 @@
 """Records -> token ids and the four per-token vectors, by turn spans.
 
-The sequence is a concatenation of separately tokenized spans; each span carries its role,
-turn and modality, so the loss mask comes from the spans and nothing is ever re-tokenized.
-AKI / Phi-3.5-style template (word-level here):
-  turn 0 prompt:  <s> <|system|> {system} <|end|> <|user|> {images + text} <|end|> <|assistant|>
-  turn t prompt:  <|user|> {images + text} <|end|> <|assistant|>
-  response:       {answer} <|end|>                       (role 2: the loss is on it)
-  PT:             <s> {images} {caption} <|endofchunk|>   (caption + end are the response)
-Order 'I&T' puts a turn's images before its text, 'T&I' after it.
+The record is written out with the tokenizer's chat template (mma_jax.data.templates) as
+pieces of text, each carrying its role, turn and modality; the whole text is tokenized once and
+each token takes the piece its last character falls in. So the ids are the family template's
+own, the loss mask comes from the pieces, and nothing is ever re-tokenized. Per turn t:
+  prompt:    [bos + system block if t == 0] user_start {images + text} user_end assistant_start
+  response:  {answer} assistant_end [conversation_end after the last answer]   (role 2: loss)
+  PT:        bos {images} {caption} pt_end                 (caption + pt_end are the response)
+Each image is one placeholder token in the text, expanded to tokens_per_image slots. Order
+'I&T' puts a turn's images before its text, 'T&I' after it.
 """
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
-from mma_jax.data import synthetic
 from mma_jax.data.vocab import Tokenizer
 
 PROMPT, RESPONSE = 1, 2
@@ -54,24 +56,39 @@ def _turns(record):
   return [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
 
 
-class _Builder:
-  """Accumulates spans into the token vectors."""
+class _Pieces:
+  """Text pieces with their role, turn and modality, joined into one string."""
 
   def __init__(self):
-    self.tokens, self.modality, self.role, self.turn = [], [], [], []
+    self.text, self.starts, self.meta = [], [], []
+    self.length = 0
 
-  def add(self, ids, role, turn, modality=0):
-    self.tokens += list(ids)
-    self.modality += [modality] * len(ids)
-    self.role += [role] * len(ids)
-    self.turn += [turn] * len(ids)
+  def add(self, text, role, turn, modality=0):
+    if text:
+      self.starts.append(self.length)
+      self.text.append(text)
+      self.meta.append((role, turn, modality))
+      self.length += len(text)
 
-  def arrays(self, images, image_size):
-    n = len(self.tokens)
+  def encode(self, tok: Tokenizer, tokens_per_image: int, images, image_size, record_id):
+    enc = tok.tok.encode("".join(self.text), add_special_tokens=False)
+    tokens, modality, role, turn = [], [], [], []
+    for token, (begin, end) in zip(enc.ids, enc.offsets):
+      r, t, m = self.meta[bisect.bisect_right(self.starts, max(end - 1, begin)) - 1]
+      if m:
+        if token != tok.image_id:
+          raise BadRecord(f"Record {record_id!r}: the tokenizer splits the image placeholder "
+                          f"{tok.template.image!r}; add it as a special token.")
+        tokens += [token] * tokens_per_image
+        modality += [m] * tokens_per_image
+        role += [r] * tokens_per_image
+        turn += [t] * tokens_per_image
+      else:
+        tokens.append(token); modality.append(0); role.append(r); turn.append(t)
+    n = len(tokens)
     imgs = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return {"tokens": np.array(self.tokens, np.int32),
-            "modality": np.array(self.modality, np.int32),
-            "role": np.array(self.role, np.int32), "turn": np.array(self.turn, np.int32),
+    return {"tokens": np.array(tokens, np.int32), "modality": np.array(modality, np.int32),
+            "role": np.array(role, np.int32), "turn": np.array(turn, np.int32),
             "positions": np.arange(n, dtype=np.int32), "images": imgs}
 
 
@@ -79,37 +96,43 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
            stage: str = "sft", drop_last_answer: bool = False, image_size: int = 32):
   """One record -> dict of tokens, modality, role, turn, positions i32[n] and images uint8[k,...].
 
-  drop_last_answer: stop after the last <|assistant|> (an evaluation prompt).
+  The chat template is the tokenizer's (tok.template). drop_last_answer: stop after the last
+  assistant_start (an evaluation prompt).
   """
+  tpl = tok.template
   images = check_images(record)
-  image_span = [tok.image_id] * tokens_per_image
-  sp = lambda t: [tok.token_id(t)]
-  b = _Builder()
+  p = _Pieces()
   if stage == "pt":
-    b.add(sp("<s>"), PROMPT, 0)
+    p.add(tpl.bos, PROMPT, 0)
     for _ in images:
-      b.add(image_span, PROMPT, 0, modality=1)
-    b.add(tok.encode(record["caption"]) + sp("<|endofchunk|>"), RESPONSE, 0)
-    return b.arrays(images, image_size)
+      p.add(tpl.image, PROMPT, 0, modality=1)
+    p.add(record["caption"] + tpl.pt_end, RESPONSE, 0)
+    return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))
   turns = _turns(record)
   tags = sum(q.count(IMAGE_TAG) for q, _ in turns)
   if tags != len(images):
     raise BadRecord(f"Record {record.get('id')!r} has {tags} {IMAGE_TAG} placeholders but "
                     f"{len(images)} images; they must match one to one.")
+  clean = (lambda x: x.strip()) if tpl.trim else (lambda x: x)
+  system = record.get("system", tpl.default_system)
   for t, (question, answer) in enumerate(turns):
     if t == 0:
-      b.add(sp("<s>") + sp("<|system|>") + tok.encode(synthetic.SYSTEM) + sp("<|end|>"), PROMPT, 0)
-    b.add(sp("<|user|>"), PROMPT, t)
-    text = tok.encode(question.replace(IMAGE_TAG, " ").strip())
+      p.add(tpl.bos, PROMPT, 0)
+      if tpl.system and system:
+        p.add(tpl.system.format(system=clean(system)), PROMPT, 0)
+    p.add(tpl.user_start, PROMPT, t)
+    text = question.replace(IMAGE_TAG, "").strip()
     n_images = question.count(IMAGE_TAG)
+    image_block = lambda: [p.add(tpl.image, PROMPT, t, modality=1) for _ in range(n_images)]
     if order == "T&I":
-      b.add(text, PROMPT, t)
-    for _ in range(n_images):
-      b.add(image_span, PROMPT, t, modality=1)
-    if order == "I&T":
-      b.add(text, PROMPT, t)
-    b.add(sp("<|end|>") + sp("<|assistant|>"), PROMPT, t)
+      p.add(text + (tpl.image_sep if n_images else ""), PROMPT, t)
+      image_block()
+    else:
+      image_block()
+      p.add((tpl.image_sep if n_images else "") + text, PROMPT, t)
+    p.add(tpl.user_end + tpl.assistant_start, PROMPT, t)
     if drop_last_answer and t == len(turns) - 1:
       break
-    b.add(tok.encode(answer) + sp("<|end|>"), RESPONSE, t)
-  return b.arrays(images, image_size)
+    end = tpl.conversation_end if t == len(turns) - 1 else ""
+    p.add(clean(answer) + tpl.assistant_end + end, RESPONSE, t)
+  return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))

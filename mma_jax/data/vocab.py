@@ -1,11 +1,13 @@
-"""Tokenizer: any `tokenizers.Tokenizer` (an HF tokenizer.json), or a word-level one built here
-for the shapes benchmark. Special tokens are matched whole, never split."""
+"""Tokenizer: any `tokenizers.Tokenizer` (an HF tokenizer.json) with the chat template it is
+used with, or a word-level one built here for the shapes benchmark. Special tokens are matched
+whole, never split."""
 from __future__ import annotations
 
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
 from mma_jax.data import synthetic
+from mma_jax.data import templates
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>", "<|system|>", "<|user|>", "<|assistant|>",
             "<|end|>", "<|endofchunk|>")
@@ -14,11 +16,14 @@ SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>", "<|system|>", "<|user|>"
 class Tokenizer:
   """Thin wrapper naming the ids the chat template and the decoder need."""
 
-  def __init__(self, tok: tokenizers.Tokenizer):
+  def __init__(self, tok: tokenizers.Tokenizer, template: str | templates.Template = "shapes"):
     self.tok = tok
-    for name in ("<pad>", "<image>", "<|end|>"):
+    self.template = templates.get(template) if isinstance(template, str) else template
+    for name in self.template.special_tokens():
       if tok.token_to_id(name) is None:
-        raise ValueError(f"The tokenizer has no {name!r} token; add it as a special token.")
+        raise ValueError(f"The tokenizer has no {name!r} token, which chat template "
+                         f"{self.template.name!r} needs; add it as a special token "
+                         "(mma_jax.data.vocab.add_image_tokens).")
 
   def encode(self, text: str) -> list[int]:
     return self.tok.encode(text, add_special_tokens=False).ids
@@ -38,23 +43,36 @@ class Tokenizer:
 
   @property
   def pad_id(self) -> int:
-    return self.token_id("<pad>")
+    """Filler of padded rows (never attended): the template's pad token, '<pad>' or 0."""
+    for name in (self.template.pad, "<pad>"):
+      if self.tok.token_to_id(name) is not None:
+        return self.tok.token_to_id(name)
+    return 0
 
   @property
   def eos_id(self) -> int:
-    """End of every answer."""
-    return self.token_id("<|end|>")
+    """End of every answer: the template's stop token."""
+    return self.token_id(self.template.stop)
 
   @property
   def image_id(self) -> int:
-    return self.token_id("<image>")
+    return self.token_id(self.template.image)
 
   def save(self, path: str) -> None:
     self.tok.save(path)
 
   @classmethod
-  def load(cls, path: str) -> "Tokenizer":
-    return cls(tokenizers.Tokenizer.from_file(path))
+  def load(cls, path: str, template: str = "shapes") -> "Tokenizer":
+    return cls(tokenizers.Tokenizer.from_file(path), template)
+
+
+def add_image_tokens(tok: tokenizers.Tokenizer, template: templates.Template) -> list[str]:
+  """Add the template's image / stop / PT-end tokens a text-only tokenizer lacks, as special
+  tokens (new ids at the end of the vocabulary). Returns the tokens added, in id order."""
+  missing = [t for t in template.special_tokens() if tok.token_to_id(t) is None]
+  tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                          for t in missing])
+  return missing
 
 
 def shapes_tokenizer() -> Tokenizer:
