@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_import(a) -> str:
   from mma_jax.convert import hf
+  if os.path.exists(os.path.join(a.out, "params")):  # before anything is written there
+    raise SystemExit(f"{a.out}/params exists; choose a new --out directory.")
   if a.aki:
     if not (a.vision_config and a.llm_config):
       raise SystemExit("--aki needs --vision_config and --llm_config (the config.json files of "
@@ -64,6 +66,9 @@ def run_import(a) -> str:
       connector["num_latents"] = a.num_latents
     conv = hf.combine(hf.import_vision(a.vision), hf.import_llm(a.llm), connector, a.seed)
     tok_from = a.llm
+    added = hf.add_image_tokens(conv, a.llm, a.out)
+    if added:
+      print(f"Added {added} to the tokenizer and the embeddings.")
   elif a.llm or a.vision:
     conv = hf.import_llm(a.llm) if a.llm else hf.import_vision(a.vision)
     tok_from = a.llm

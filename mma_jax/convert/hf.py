@@ -147,6 +147,37 @@ def combine(vision: Converted, llm: Converted, connector: dict, seed: int = 0) -
                    vision.sources + llm.sources, llm.special_ids)
 
 
+def add_image_tokens(conv: Converted, tokenizer_dir: str | None, out: str) -> list[str]:
+  """Give the LLM the tokens its chat template needs (<image>, ...): added to tokenizer.json as
+  special tokens and as new embedding / output rows initialised to the mean of the existing
+  ones. Writes the tokenizer to out/tokenizer.json; returns the tokens added."""
+  import tokenizers
+  from mma_jax.data import templates, vocab
+  path = os.path.join(tokenizer_dir or "", "tokenizer.json")
+  if not tokenizer_dir or not os.path.exists(path) or "llm" not in conv.model:
+    return []
+  tok = tokenizers.Tokenizer.from_file(path)
+  if tok.get_vocab_size() > conv.model["llm"]["vocab_size"]:
+    raise ValueError(f"{path} has {tok.get_vocab_size()} tokens but the model only "
+                     f"{conv.model['llm']['vocab_size']} embedding rows: not this model's tokenizer.")
+  added = vocab.add_image_tokens(tok, templates.get(conv.template))
+  new_size = max(tok.get_vocab_size(), conv.model["llm"]["vocab_size"])
+  grow = new_size - conv.model["llm"]["vocab_size"]
+  if grow:
+    for key, axis in (("llm/embedder/embedding", 0), ("llm/lm_head/kernel", 1),
+                      ("llm/lm_head/bias", 0)):
+      if key in conv.params:
+        a = conv.params[key]
+        mean = np.mean(a, axis=axis, keepdims=True)
+        conv.params[key] = np.concatenate([a] + [mean] * grow, axis=axis)
+    conv.model["llm"]["vocab_size"] = new_size
+  os.makedirs(out, exist_ok=True)
+  tok.save(os.path.join(out, "tokenizer.json"))
+  if added:
+    logging.info("Added %s to the tokenizer and %d embedding rows.", added, grow)
+  return added
+
+
 def _asdict(cfg) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
@@ -173,6 +204,8 @@ def save(conv: Converted, out: str, tokenizer_from: str | None = None) -> None:
     json.dump(meta, f, indent=1)
   if tokenizer_from:
     for name in TOKENIZER_FILES:
+      if os.path.exists(os.path.join(out, name)):  # already written (image tokens added)
+        continue
       if os.path.exists(os.path.join(tokenizer_from, name)):
         shutil.copy(os.path.join(tokenizer_from, name), os.path.join(out, name))
 

@@ -34,11 +34,11 @@ LLMS = {
 }
 
 
-def save_llm(name: str, directory, seed: int = 0, **save_kwargs):
+def save_llm(name: str, directory, seed: int = 0, vocab_size: int = 96, **save_kwargs):
   """Build LLMS[name] with random weights, save to directory; returns the torch model."""
   config_cls, model_cls, overrides = LLMS[name]
   torch.manual_seed(seed)
-  model = model_cls(config_cls(**{**LLM_COMMON, **overrides})).eval()
+  model = model_cls(config_cls(**{**LLM_COMMON, **overrides, "vocab_size": vocab_size})).eval()
   with torch.no_grad():  # make norms non-trivial so a transposed mapping cannot hide
     for n, p in model.named_parameters():
       if "norm" in n or n.endswith("bias"):
