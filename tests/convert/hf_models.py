@@ -6,7 +6,7 @@ import transformers
 
 LLM_COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1,
-                  eos_token_id=2)
+                  eos_token_id=2, initializer_range=0.2)  # logits of a few units
 
 # name -> (config class, model class, config overrides). Covers the rope scalings and both
 # tied and untied embeddings.
