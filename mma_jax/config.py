@@ -6,6 +6,7 @@ import ml_collections
 KINDS = ("causal", "mma", "prefix")
 ORDERS = ("I&T", "T&I", "DOT")
 STAGES = ("pt", "sft")
+DATA_SOURCES = ("shapes", "records")
 
 
 def tiny_model() -> ml_collections.ConfigDict:
@@ -27,10 +28,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = tiny_model()
 
   c.data = ml_collections.ConfigDict()
-  c.data.dir = ""            # TFDS data_dir; '' = <workdir>/../mma_jax_data shared by runs
+  c.data.source = "shapes"   # 'shapes' (built-in benchmark) | 'records' (imported, see mixture)
+  c.data.dir = ""            # TFDS data_dir; '' = <workdir>/../mma_jax_data shared by runs;
+                             # records: the root the mixture's names are relative to
+  c.data.mixture = ""        # records: 'NAME=WEIGHT,...' or a preset ('aki_sft'); data/mixture.py
+  c.data.tokenizer = ""      # path to a tokenizer.json; '' = the shapes benchmark's word tokenizer
   c.data.train_size = 6000
   c.data.validation_size = 200
-  c.data.test_size = 600
+  c.data.test_size = 600     # records: validation/test_size = the most evaluated per source
   c.data.seed = 0            # the benchmark's generator seed
   c.data.order = "I&T"       # 'I&T' | 'T&I' | 'DOT' (T&I steps, then the same steps in I&T)
   c.data.pack_length = 160   # tokens per training row
@@ -66,9 +71,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_new_tokens = 3
   c.eval.prompt_length = 112
   c.eval.max_images = 2
+  c.eval.skip_bad_rows = False  # benchmark TSV rows that cannot be read: False = error
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor)
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+  # (logical name, mesh axes) pairs overriding mma_jax.sharding.DEFAULT_RULES, e.g.
+  # (("embed", None),) keeps weights unsharded on fsdp (plain data parallelism on that axis).
+  c.mesh.rules = ()
   return c
 
 
@@ -87,6 +96,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.stage in STAGES, "stage", f"use one of {STAGES}")
   need(c.mask in KINDS, "mask", f"use one of {KINDS}")
   need(c.data.order in ORDERS, "data.order", f"use one of {ORDERS}")
+  need(c.data.source in DATA_SOURCES, "data.source", f"use one of {DATA_SOURCES}")
+  need(c.data.source != "records" or c.data.mixture.strip(), "data.mixture",
+       "data.source='records' needs the imported sources, e.g. 'aki_sft' or 'NAME=1'")
   need(c.train.steps > 0, "train.steps", "must be positive")
   need(c.train.batch_size > 0, "train.batch_size", "must be positive")
   need(c.train.grad_accum > 0 and c.train.batch_size % c.train.grad_accum == 0,
@@ -96,3 +108,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
   need(c.train.log_every > 0, "train.log_every", "must be positive")
+  from mma_jax.models.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  for tower in ("llm", "vision"):
+    need(c.model[tower].get("remat", "none") in REMAT_POLICIES, f"model.{tower}.remat",
+         f"use one of {sorted(REMAT_POLICIES)}")

@@ -1,6 +1,9 @@
-"""The training task from config.data: benchmark files, tokenizer, train iterators, eval prompts.
+"""The training task from config.data: records, tokenizer, train iterators, eval prompts.
 
 The one place the trainer asks for data, so another dataset changes this file, not the trainer.
+config.data.source picks the data: 'shapes' (the built-in benchmark, prepared as TFDS
+ArrayRecord files under config.data.dir) or 'records' (directories written by
+mma_jax.data.importers, mixed by config.data.mixture; see mma_jax.data.mixture).
 """
 from __future__ import annotations
 
@@ -8,41 +11,90 @@ import functools
 import os
 
 import grain
+import jax
 import numpy as np
+from absl import logging
 
-from mma_jax.data import chat, grain_pipeline, synthetic, tfds_shapes, vocab
+from mma_jax import distributed
+from mma_jax.data import chat, grain_pipeline, mixture, records, synthetic, tfds_records
+from mma_jax.data import tfds_shapes, vocab
+
+# The tokens chat.encode writes besides text.
+TEMPLATE_TOKENS = ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endofchunk|>",
+                   "<image>", "<pad>")
+
+
+def load_tokenizer(path: str) -> vocab.Tokenizer:
+  """config.data.tokenizer: a tokenizer.json with the template's tokens; '' = the shapes one."""
+  if not path:
+    return vocab.shapes_tokenizer()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.data.tokenizer={path!r} does not exist; give the path of a "
+                            "tokenizer.json, or '' for the built-in shapes tokenizer.")
+  try:
+    tok = vocab.Tokenizer.load(path)
+    for t in TEMPLATE_TOKENS:
+      tok.token_id(t)
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"config.data.tokenizer={path!r}: {e} The chat template needs "
+                     f"{TEMPLATE_TOKENS} as special tokens.") from None
+  return tok
+
+
+def _decoded_then(encode, image_size: int, stage: str, record):
+  """Imported record -> chat.encode's example: images decoded inside the skippable step."""
+  return encode(records.with_pixels(record, image_size, stage))
 
 
 class Task:
-  """The built-in shapes benchmark, prepared as TFDS ArrayRecord files under config.data.dir."""
+  """The data of a run: the shapes benchmark or a mixture of imported record directories."""
 
   def __init__(self, config, workdir: str):
     self.config = config
     d = config.data
     self.image_size = config.model.vision.image_size
-    data_dir = d.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "mma_jax_data")
-    self.builder = tfds_shapes.builder(
-        data_dir, train_size=d.train_size, validation_size=d.validation_size,
-        test_size=d.test_size, seed=d.seed, image_size=self.image_size)
-    self.tokenizer = vocab.shapes_tokenizer()
+    self.tokenizer = load_tokenizer(d.tokenizer)
     self.skips = grain_pipeline.SkipCounter()
+    self.builder = None
+    if d.source == "records":
+      self.mixture = mixture.sources(d.mixture, d.dir, "train")
+    else:
+      data_dir = d.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "mma_jax_data")
+      self.builder = distributed.process_zero_first(lambda: tfds_shapes.builder(
+          data_dir, train_size=d.train_size, validation_size=d.validation_size,
+          test_size=d.test_size, seed=d.seed, image_size=self.image_size))
 
   def source(self, split: str):
-    """Random-access records of a split (tfds data source, decoded lazily)."""
+    """Random-access records of a split (decoded lazily); for 'records', the training mixture
+    (evaluation reads the sources' own splits, see _eval_records)."""
+    if self.builder is None:
+      if split != "train":
+        raise ValueError(f"Imported records are mixed for training only, not for {split!r}.")
+      _, datasets, weights = zip(*self.mixture)
+      return mixture.mix(list(datasets), list(weights), self.config.data.shuffle_seed)
     return grain.MapDataset.source(self.builder.as_data_source(split)).map(
         tfds_shapes.decode_record)
 
   def _encode(self, tokens_per_image: int, order: str, drop_last_answer: bool = False):
+    """A decoded record (uint8 images) -> example dict."""
     return functools.partial(chat.encode, tok=self.tokenizer, tokens_per_image=tokens_per_image,
                              order=order, stage=self.config.stage,
                              drop_last_answer=drop_last_answer, image_size=self.image_size)
+
+  def _record_encode(self, tokens_per_image: int, order: str, drop_last_answer: bool = False):
+    """_encode for this task's own records: imported ones get their images decoded first."""
+    encode = self._encode(tokens_per_image, order, drop_last_answer)
+    if self.builder is not None:
+      return encode
+    return functools.partial(_decoded_then, encode, self.image_size, self.config.stage)
 
   def train_iterator(self, order: str, tokens_per_image: int):
     """A checkpointable iterator of training batches in the given order ('I&T' or 'T&I')."""
     d, t = self.config.data, self.config.train
     ds = grain_pipeline.train_dataset(
-        self.source("train"), self._encode(tokens_per_image, order),
-        batch_size=t.batch_size, pack_length=d.pack_length, max_images=d.max_images,
+        self.source("train"), self._record_encode(tokens_per_image, order),
+        batch_size=t.batch_size // jax.process_count(),  # this process's rows of the batch
+        pack_length=d.pack_length, max_images=d.max_images,
         packing=d.packing, seed=d.shuffle_seed, skip_bad_records=d.skip_bad_records,
         prefetch=d.prefetch, counter=self.skips)
     return iter(ds)
@@ -59,14 +111,31 @@ class Task:
   def eval_order(self) -> str:
     return "I&T" if self.config.data.order == "DOT" else self.config.data.order
 
+  def _eval_records(self, split: str):
+    """(records, question types, chance per type) of a split, read once."""
+    if self.builder is not None:
+      recs = list(self.source(split))
+      return recs, [r["question_type"] for r in recs], synthetic.chance(recs)
+    d = self.config.data
+    limit = d.test_size if split == "test" else d.validation_size
+    recs, names = [], []
+    for name in mixture.parse(d.mixture):
+      path = os.path.join(d.dir, name)
+      if split in tfds_records.splits(path):
+        recs += tfds_records.read_all(path, split, limit)
+        names += [name] * (len(recs) - len(names))
+    if not recs:
+      logging.warning("No imported source of config.data.mixture has a %r split, so there is "
+                      "nothing to evaluate; import one with --split %s.", split, split)
+    return recs, names, {}  # accuracy per mixture source; no chance level
+
   def eval_data(self, split: str, tokens_per_image: int):
     """(prompt batches, chance per type) for a split, reading its records once."""
     e = self.config.eval
-    encode = self._encode(tokens_per_image, self.eval_order(), drop_last_answer=True)
-    records = list(self.source(split))
-    examples = [(encode(r), r["conversations"][-1]["value"], r["question_type"])
-                for r in records]
+    encode = self._record_encode(tokens_per_image, self.eval_order(), drop_last_answer=True)
+    recs, types, chance = self._eval_records(split)
+    examples = [(encode(r), r["conversations"][-1]["value"], t) for r, t in zip(recs, types)]
     batches = grain_pipeline.prompt_batches(examples, batch_size=e.batch_size,
                                             prompt_length=e.prompt_length,
                                             max_images=e.max_images, image_size=self.image_size)
-    return batches, synthetic.chance(records)
+    return batches, chance

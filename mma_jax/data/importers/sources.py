@@ -1,0 +1,216 @@
+"""The paper's SFT sources from their released file layouts -> normalized records.
+
+Prompt templates are AKI's (sony/aki sft_data_utils/templates), each wrapped later in the chat
+template by chat.encode; the image tag leads the first human turn. Image paths are relative to
+--images; the layout each source expects there is in its function's docstring. Options of
+multiple-choice sources are shuffled once, at import, seeded by the question id (AKI shuffles
+them again each epoch).
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Iterator
+
+from mma_jax.data.importers.common import Example, examples, guard, load_json, rows
+from mma_jax.data.records import MALFORMED_ROW, BadRow
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER = "Answer with the option's letter from the given choices directly."
+REGION = "Provide a short description for this region."
+YES_NO = "Please answer yes or no."
+
+
+def qa_record(source: str, task_type: str, rid, images: list[str], prompt: str,
+              answer: str) -> dict:
+  """A single-turn record; one <image> tag per image before the prompt."""
+  if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
+    raise ValueError(f"prompt and answer must be non-empty strings, got {prompt!r} -> {answer!r}")
+  tags = "<image>\n" * len(images)
+  return {"id": f"{source}-{rid}", "image": images, "source": source, "task_type": task_type,
+          "conversations": [{"from": "human", "value": tags + prompt},
+                            {"from": "gpt", "value": answer}]}
+
+
+def options(choices: list[str], answer: int, seed) -> tuple[str, str]:
+  """('A. x\\nB. y', 'B'): the choices shuffled by `seed`, lettered, and the answer's letter."""
+  if not isinstance(choices, list) or not 0 <= answer < len(choices) or len(choices) > 26:
+    raise ValueError(f"answer index {answer!r} does not fit choices {choices!r}")
+  order = list(range(len(choices)))
+  random.Random(str(seed)).shuffle(order)
+  text = "\n".join(f"{chr(65 + k)}. {choices[i]}" for k, i in enumerate(order))
+  return text, chr(65 + order.index(answer))
+
+
+def bbox_text(x: float, y: float, w: float, h: float, width: float, height: float) -> str:
+  """A COCO xywh pixel box -> AKI's '<bbox>[x1, y1][x2, y2]</bbox>', in [0, 1], 3 decimals."""
+  if not (width > 0 and height > 0 and w >= 0 and h >= 0):
+    raise ValueError(f"bad box {[x, y, w, h]} for a {width}x{height} image")
+  clip = lambda v: min(max(v, 0.0), 1.0)
+  x1, y1, x2, y2 = (clip(x / width), clip(y / height), clip((x + w) / width),
+                    clip((y + h) / height))
+  return f"<bbox>[{x1:.3f}, {y1:.3f}][{x2:.3f}, {y2:.3f}]</bbox>"
+
+
+def _second(inputs: list[str], name: str) -> str:
+  """The second input file, by default `name` beside the first."""
+  return inputs[1] if len(inputs) > 1 else os.path.join(os.path.dirname(inputs[0]), name)
+
+
+def _coco_path(file_name: str) -> str:
+  """COCO_train2014_000000000009.jpg -> train2014/COCO_train2014_000000000009.jpg."""
+  m = re.match(r"COCO_([a-z]+\d{4})_", file_name)
+  return f"{m.group(1)}/{file_name}" if m else file_name
+
+
+def vqav2(inputs, images, split, source) -> Iterator[Example | BadRow]:
+  """VQAv2: --input v2_OpenEnded_mscoco_train2014_questions.json [v2_mscoco_train2014_
+  annotations.json (default: beside it)]; --images: the COCO root (train2014/COCO_train2014_
+  {image_id:012}.jpg). Answer: multiple_choice_answer."""
+  del images, split
+  questions = load_json(inputs[0])
+  sub = questions["data_subtype"]
+  ann_path = _second(inputs, f"v2_mscoco_{sub}_annotations.json")
+  answers = {a["question_id"]: a["multiple_choice_answer"]
+             for a in load_json(ann_path)["annotations"]}
+
+  def make(_, q):
+    if q["question_id"] not in answers:
+      raise KeyError(f"question_id {q['question_id']} has no annotation in {ann_path}")
+    return [qa_record(source, "vqa", q["question_id"],
+                      [f"{sub}/COCO_{sub}_{int(q['image_id']):012d}.jpg"],
+                      f"{SHORT_ANSWER} {q['question']}", answers[q["question_id"]])]
+  return examples(inputs[0], make, questions["questions"], "questions")
+
+
+def gqa(inputs, images, split, source):
+  """GQA: --input train_balanced_questions.json (qid -> {imageId, question, answer});
+  --images: GQA/images ({imageId}.jpg)."""
+  del images, split
+  return examples(inputs[0], lambda qid, q: [qa_record(
+      source, "vqa", qid, [f"{q['imageId']}.jpg"], f"{SHORT_ANSWER} {q['question']}",
+      q["answer"])])
+
+
+def vsr_question(caption: str) -> str:
+  """'The cat is on the table.' -> 'Is the cat on the table?' (AKI's interrogative form)."""
+  m = re.search(r"\b(is|are)\b", caption)
+  if m is None:
+    raise ValueError(f"caption {caption!r} has no 'is'/'are' to make a question of")
+  rest = (caption[:m.start()] + caption[m.end():]).strip().rstrip(".").lower()
+  return f"{m.group(1).capitalize()} {' '.join(rest.split())}?"
+
+
+def vsr(inputs, images, split, source):
+  """VSR: --input train-random.jsonl ({image_link, caption, label}); --images: the COCO root
+  (train2017/, val2017/: the last two parts of image_link)."""
+  del images, split
+
+  def make(n, row):
+    link = row.get("image_link") or row["image"]
+    path = "/".join(link.split("/")[-2:]) if "/" in link else link
+    label = row["label"]
+    if label not in (0, 1, True, False):
+      raise ValueError(f"label must be 0 or 1, got {label!r}")
+    return [qa_record(source, "vqa", n, [path],
+                      f"{SHORT_ANSWER} {vsr_question(row['caption'])} {YES_NO}",
+                      "yes" if label else "no")]
+  return examples(inputs[0], make)
+
+
+_OCRVQA_SPLITS = {"train": 1, "validation": 2, "val": 2, "test": 3}
+
+
+def ocrvqa(inputs, images, split, source):
+  """OCR-VQA: --input dataset.json (key -> {imageURL, questions, answers, split: 1 train, 2 val,
+  3 test}; only rows of --split are kept); --images: the folder of {key}{ext of imageURL}.
+  One record per question."""
+  del images
+  want = _OCRVQA_SPLITS[split]
+
+  def make(key, row):
+    if row["split"] != want:
+      return []
+    qs, ans = row["questions"], row["answers"]
+    if len(qs) != len(ans):
+      raise ValueError(f"{len(qs)} questions but {len(ans)} answers")
+    ext = os.path.splitext(row["imageURL"])[1] or ".jpg"
+    return [qa_record(source, "vqa", f"{key}-{j}", [f"{key}{ext}"], f"{SHORT_ANSWER} {q}", a)
+            for j, (q, a) in enumerate(zip(qs, ans))]
+  return examples(inputs[0], make)
+
+
+def aokvqa(inputs, images, split, source):
+  """A-OKVQA: --input aokvqa_v1p0_train.json (list of {question_id, image_id, question, choices,
+  correct_choice_idx, split}); --images: the COCO root ({split}2017/{image_id:012}.jpg)."""
+  del images, split
+
+  def make(_, row):
+    opts, letter = options(row["choices"], row["correct_choice_idx"], row["question_id"])
+    path = f"{row.get('split', 'train')}2017/{int(row['image_id']):012d}.jpg"
+    return [qa_record(source, "mcq", row["question_id"], [path],
+                      f"{LETTER} {row['question']}\nOptions:\n{opts}\n", letter)]
+  return examples(inputs[0], make)
+
+
+def scienceqa(inputs, images, split, source):
+  """ScienceQA: --input problems.json (pid -> {question, choices, answer, hint, image, split};
+  only rows of --split are kept, 'validation' = 'val'); --images: ScienceQA/images
+  ({split}/{pid}/image.png). Rows without an image stay text-only."""
+  del images
+  want = {"validation": "val"}.get(split, split)
+
+  def make(pid, row):
+    if row["split"] != want:
+      return []
+    opts, letter = options(row["choices"], row["answer"], pid)
+    context = row.get("hint") or "N/A"
+    path = [f"{row['split']}/{pid}/{row['image']}"] if row.get("image") else []
+    return [qa_record(source, "mcq", pid, path,
+                      f"{LETTER} {row['question']}\nContext: {context}\nOptions:\n{opts}\n",
+                      letter)]
+  return examples(inputs[0], make)
+
+
+def refcoco(inputs, images, split, source):
+  """RefCOCO / RefCOCO+ / RefCOCOg, MDETR's finetune_refcoco*_train.json (images[{id,
+  file_name, width, height, caption}] paired with annotations[{image_id, bbox xywh}]);
+  --images: the COCO root (train2014/COCO_train2014_*.jpg). Grounded captioning: the region's
+  box -> its referring expression."""
+  del images, split
+  data = load_json(inputs[0])
+  boxes = {a["image_id"]: a["bbox"] for a in data["annotations"]}
+
+  def make(_, img):
+    if img["id"] not in boxes:
+      raise KeyError(f"image id {img['id']} has no annotation")
+    box = bbox_text(*boxes[img["id"]], img["width"], img["height"])
+    return [qa_record(source, "region", img["id"], [_coco_path(img["file_name"])],
+                      f"{REGION} {box}", img["caption"])]
+  return examples(inputs[0], make, data["images"], "images")
+
+
+def vg(inputs, images, split, source):
+  """Visual Genome regions: --input region_descriptions.json [image_data.json (default:
+  beside it)]; --images: the VG root (the last two parts of image_data's url, e.g.
+  VG_100K/1.jpg; {image_id}.jpg where there is no url). One record per region."""
+  del images, split
+  meta = {}
+  for m in load_json(_second(inputs, "image_data.json")):
+    meta[m.get("image_id", m.get("id"))] = m
+  for where, _, entry in rows(inputs[0]):
+    image_id = entry.get("id", entry.get("image_id")) if isinstance(entry, dict) else None
+    info = meta.get(image_id)
+    if info is None:
+      yield BadRow(where, MALFORMED_ROW, f"image {image_id!r} is not in image_data.json")
+      continue
+    url = info.get("url") or ""
+    path = "/".join(url.split("/")[-2:]) if url else f"{image_id}.jpg"
+
+    def region_record(r):
+      box = bbox_text(r["x"], r["y"], r["width"], r["height"], info["width"], info["height"])
+      return [qa_record(source, "region", r["region_id"], [path], f"{REGION} {box}",
+                        r["phrase"].strip())]
+    for j, region in enumerate(entry.get("regions") or []):
+      yield from guard(f"{where} regions[{j}]", lambda: region_record(region))
