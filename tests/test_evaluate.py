@@ -1,19 +1,140 @@
-"""Scoring of decoded answers."""
+"""The evaluation harness end to end: a tiny model trained 2 steps, evaluated through the same
+path on the built-in synthetic benchmark and on a VLMEvalKit-format fixture TSV."""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
-from mma_jax import evaluate
+from mma_jax import benchmarks as bm
+from mma_jax import evaluate, train
+from mma_jax.data import grain_pipeline, vocab
+from mma_jax.data.vlmeval_tsv import BadRow
+from tests.data.test_vlmeval_tsv import BLUE, RED, image_b64, write_tsv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "sft_mma.py")
 
 
-def test_score_per_type_f1_and_chance():
-  preds = ["Yes", "no", "yes", "two", "red.", "left"]
-  answers = ["yes", "yes", "no", "two", "red", "right"]
-  types = ["exist", "exist", "exist", "count", "attribute", "spatial"]
-  m = evaluate.score(preds, answers, types, {"exist": 0.5, "count": 0.25, "attribute": 0.25,
-                                             "spatial": 0.25})
-  assert m["accuracy/exist"] == pytest.approx(1 / 3)
-  assert m["accuracy/count"] == 1.0 and m["accuracy/attribute"] == 1.0
-  assert m["accuracy/spatial"] == 0.0
-  assert m["accuracy/all"] == pytest.approx(3 / 6)
-  # exist: tp=1 (yes/yes), fp=1 (yes/no), fn=1 (no/yes) -> F1 = 2/4.
-  assert m["f1/exist"] == pytest.approx(0.5)
-  assert m["chance/count"] == 0.25
+def overrides(data_dir):
+  """The tiny run: the same keys in process and on the command line."""
+  return {"model.vision.image_size": 16, "model.vision.hidden": 32, "model.vision.layers": 1,
+          "model.vision.heads": 2, "model.vision.mlp_dim": 64, "model.llm.hidden": 64,
+          "model.llm.layers": 1, "model.llm.heads": 2, "model.llm.kv_heads": 1,
+          "model.llm.mlp_dim": 128, "data.dir": data_dir, "data.train_size": 48,
+          "data.validation_size": 6, "data.test_size": 8, "data.pack_length": 96,
+          "data.prefetch": 0, "train.steps": 2, "train.batch_size": 4,
+          "train.async_checkpoint": False, "optim.warmup_steps": 1, "eval.batch_size": 8,
+          "eval.prompt_length": 64}
+
+
+def make_config(data_dir):
+  spec = importlib.util.spec_from_file_location("sft_mma", CONFIG)  # the file the CLI reads
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  for key, value in overrides(data_dir).items():
+    *path, name = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[name] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(config, workdir, test metrics of the training run)."""
+  root = tmp_path_factory.mktemp("eval")
+  config = make_config(str(root / "tfds"))
+  workdir = str(root / "run")
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def pope_fixture(path, bad_image=False):
+  rows = [{"index": 0, "image": image_b64(RED), "question": "Is there a red square?",
+           "answer": "Yes", "category": "random,popular", "image_path": "a.jpg"},
+          {"index": 1, "image": "0", "question": "Is there a blue circle?", "answer": "No",
+           "category": "random", "image_path": "a.jpg"},
+          {"index": 2, "image": image_b64(BLUE), "question": "Is there a blue square?",
+           "answer": "Yes", "category": "adversarial", "image_path": "b.jpg"}]
+  if bad_image:
+    rows.append({"index": 3, "image": "x" * 100, "question": "?", "answer": "No",
+                 "category": "random", "image_path": "c.jpg"})
+  return write_tsv(path, ["index", "image", "question", "answer", "category", "image_path"],
+                   rows)
+
+
+def test_synthetic_through_the_cli_path_matches_training(trained, tmp_path):
+  config, workdir, train_metrics = trained
+  results = evaluate.run(config, workdir, "synthetic", out=str(tmp_path))
+  assert results["metrics"] == pytest.approx(train_metrics)  # same prompts, batches, params
+  assert results["checkpoint_step"] == 2 and results["rows"] == 8
+  assert "records' own conversations" in results["prompt"] and results["extraction"]
+  saved = json.load(open(tmp_path / "synthetic_results.json"))
+  assert saved["metrics"] == pytest.approx(train_metrics)
+  with open(tmp_path / "synthetic_predictions.tsv", newline="") as f:
+    table = list(csv.DictReader(f, delimiter="\t"))
+  assert len(table) == 8 and set(table[0]) == {"index", "id", "question", "answer",
+                                                "category", "prediction"}
+  rescored = evaluate.score_file("synthetic", str(tmp_path / "synthetic_predictions.tsv"))
+  assert rescored["metrics"] == pytest.approx(train_metrics)
+
+
+def test_bad_rows_stop_decoding_with_file_and_row_or_are_counted(tmp_path):
+  """Rows fail while their prompts are built, before the model runs: none is needed here."""
+  config = make_config("")
+  config.eval.prompt_length = 30  # one question in the fixture is too long for it
+  data = pope_fixture(tmp_path / "pope.tsv", bad_image=True)
+  table = evaluate.read_benchmark(bm.get("pope"), data, False, None)
+  table.rows[2]["question"] = "is there " * 20
+  encode = evaluate.prompt_encoder(vocab.shapes_tokenizer(), 4, "I&T", 16)
+  record_of = lambda i: evaluate.tsv_record(table, bm.get("pope"), 16, i)
+  decode = lambda: evaluate.decode_table(None, None, table, record_of, encode, None, config,
+                                         counter)
+  counter = grain_pipeline.SkipCounter()
+  with pytest.raises(BadRow, match=r"pope.tsv line 4 \(index 2\): the prompt has \d+ tokens "
+                     r"and 1 images; .*config.eval.prompt_length=30"):
+    decode()
+  table.rows[2]["question"] = "short"
+  with pytest.raises(BadRow, match=r"pope.tsv line 5 \(index 3\): cannot read the image"):
+    decode()
+  config.eval.batch_size, config.eval.skip_bad_rows = 1, True
+  table.rows = table.rows[3:]  # the bad row alone: skipped, so nothing is decoded
+  assert decode() == {} and counter.count == 1
+
+
+def test_cli_on_a_fixture_tsv_then_rescoring_without_a_model(trained, tmp_path):
+  config, workdir, _ = trained
+  data = pope_fixture(tmp_path / "pope.tsv", bad_image=True)
+  out = str(tmp_path / "out")
+  flags = [f"--config.{k}={v}" for k, v in overrides(config.data.dir).items()]
+  run = subprocess.run(
+      [sys.executable, "-m", "mma_jax.evaluate", f"--config={CONFIG}", *flags,
+       "--config.eval.skip_bad_rows=True", f"--workdir={workdir}", "--benchmark=POPE",
+       f"--data={data}", f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "overall/f1" in run.stdout and "YOrN_Extraction" in run.stdout
+  results = json.load(open(os.path.join(out, "pope_results.json")))
+  assert results["rows"] == 3 and results["skipped_rows"] == 1
+  assert set(results["metrics"]) >= {"overall/accuracy", "overall/f1", "random/f1",
+                                     "popular/yes_ratio", "adversarial/recall"}
+  assert results["decoding"]["method"] == "greedy" and results["checkpoint_step"] == 2
+  predictions = os.path.join(out, "pope_predictions.tsv")
+  with open(predictions, newline="") as f:
+    table = list(csv.DictReader(f, delimiter="\t"))
+  assert list(table[0]) == ["index", "question", "answer", "category", "image_path",
+                            "prediction"]
+  assert [r["index"] for r in table] == ["0", "1", "2"]
+
+  score = subprocess.run(
+      [sys.executable, "-m", "mma_jax.evaluate", "score", "--benchmark=pope",
+       f"--predictions={predictions}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert score.returncode == 0, score.stderr[-3000:]
+  assert score.stdout.strip() == evaluate.format_results(
+      evaluate.score_file("pope", predictions)).strip()
+  f1 = next(line for line in score.stdout.splitlines() if line.split()[0] == "overall/f1")
+  assert float(f1.split()[1]) == pytest.approx(results["metrics"]["overall/f1"], abs=1e-3)

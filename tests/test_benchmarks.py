@@ -1,0 +1,170 @@
+"""Benchmark scoring against hand-computed values: extraction rules and metrics, no model."""
+import pytest
+
+from mma_jax import benchmarks as bm
+
+
+def rows(*specs, **common):
+  return [dict(common, **s) for s in specs]
+
+
+# --- extraction --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("Two dogs.", "2 dogs"), ("The cat!", "cat"), ("3.5", "3.5"), ("dont", "don't"),
+    ("couldnt've", "couldn't've"), ("a man, (left)", "man left"), ("1,000", "1000"),
+    ("yes-no", "yes no"), ("  None\n", "0"), ("its", "its")])
+def test_vqa_normalisation(text, expected):
+  assert bm.normalize_vqa(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Yes", "Yes"), ("yes, there is.", "Yes"), ("No.", "No"), ("Yes and no", "Unknown"),
+    ("I cannot tell", "Unknown"), ("Nope", "Unknown")])
+def test_yes_no_extraction(text, expected):
+  assert bm.yes_no(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B", "B"), ("The answer is B.", "B"), ("(C) bird", "C"), ("dog", "B"),
+    ("A or B", ""),  # two letters and no option text
+    ("B is right, as one can see from all of the many visual clues", ""),  # letter not near end
+    ("a bird or a dog", ""),  # two option texts
+    ("I think this picture shows a dog", "")])  # longer than twice the option texts
+def test_option_inference(text, expected):
+  assert bm.infer_option(text, {"A": "cat", "B": "dog", "C": "bird"}) == expected
+
+
+def test_vqa_accuracy_over_leave_one_out_subsets():
+  three_red = ["red"] * 3 + ["blue"] * 7
+  # Leaving out one of the 3 'red' leaves 2 -> 2/3; leaving out a 'blue' leaves 3 -> 1.
+  assert bm.vqa_accuracy("Red.", three_red) == pytest.approx((3 * 2 / 3 + 7) / 10)
+  two_red = ["red"] * 2 + ["blue"] * 8
+  assert bm.vqa_accuracy("red", two_red) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+  assert bm.vqa_accuracy("red", ["red"] * 4 + ["blue"] * 6) == 1.0
+  assert bm.vqa_accuracy("two", ["2"] * 10) == 1.0
+  assert bm.vqa_accuracy("green", three_red) == 0.0
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def test_pope_per_split_and_overall():
+  m = bm.pope_metrics([
+      {"answer": "Yes", "prediction": "Yes, there is.", "category": "adversarial,popular"},
+      {"answer": "No", "prediction": "yes", "category": "adversarial"},
+      {"answer": "Yes", "prediction": "No.", "category": "popular"},
+      {"answer": "No", "prediction": "I am not sure", "category": "random"},
+      {"answer": "No", "prediction": "no", "category": "random"}])
+  # Overall over the 6 (row, split) pairs: tp 2, fp 1, fn 1, 3 right, 3 said yes.
+  assert m["overall/accuracy"] == pytest.approx(50)
+  assert m["overall/precision"] == pytest.approx(200 / 3)
+  assert m["overall/recall"] == pytest.approx(200 / 3)
+  assert m["overall/f1"] == pytest.approx(200 / 3)
+  assert m["overall/yes_ratio"] == pytest.approx(50)
+  assert (m["adversarial/precision"], m["adversarial/recall"]) == (50, 100)
+  assert m["adversarial/f1"] == pytest.approx(200 / 3) and m["adversarial/yes_ratio"] == 100
+  assert (m["popular/precision"], m["popular/recall"]) == (100, 50)
+  assert m["random/f1"] == 0 and m["random/accuracy"] == 50 and m["random/yes_ratio"] == 0
+
+
+def test_mme_acc_acc_plus_and_totals():
+  m = bm.mme_metrics(
+      rows({"answer": "Yes", "prediction": "Yes", "image_path": "a"},
+           {"answer": "No", "prediction": "No", "image_path": "a"},
+           {"answer": "Yes", "prediction": "Yes.", "image_path": "b"},
+           {"answer": "No", "prediction": "Yes", "image_path": "b"}, category="color")
+      + rows({"answer": "Yes", "prediction": "yes", "image_path": "c"},
+             {"answer": "No", "prediction": "no", "image_path": "c"}, category="code_reasoning")
+      + rows({"answer": "Yes", "prediction": "no", "image_path": "d"},
+             {"answer": "No", "prediction": "maybe", "image_path": "d"}, category="OCR"))
+  assert (m["color/acc"], m["color/acc_plus"], m["color/score"]) == (75, 50, 125)
+  assert m["code_reasoning/score"] == 200 and m["OCR/score"] == 0
+  assert m["perception"] == 125 and m["perception/subtasks"] == 2
+  assert m["cognition"] == 200 and m["cognition/subtasks"] == 1
+
+
+def mcq(index, answer, category, **opts):
+  return {"index": str(index), "question": f"q{index}", "answer": answer,
+          "category": category, **opts}
+
+
+def test_circular_evaluation_with_an_inconsistent_answerer():
+  table = bm.circularize([mcq(1, "B", "x", A="cat", B="dog", C="bird", D="cow"),
+                          mcq(2, "A", "y", A="red", B="blue", C="green", D="pink")])
+  assert len(table) == 8
+  assert sorted(int(r["index"]) for r in table) == [
+      1, 2, 1000001, 1000002, 2000001, 2000002, 3000001, 3000002]
+  truth = {"1": "dog", "2": "red"}
+  for r in table:  # every rotation keeps the right text behind its answer letter
+    assert r[r["answer"]] == truth[str(int(r["index"]) % 1_000_000)]
+  assert len({tuple(r[c] for c in "ABCD") for r in table}) == 8
+  assert bm.circularize(table) == table  # a table with copies stays as it is
+
+  # Question 1: always the right option's text (consistent). Question 2: always "A", right
+  # only in the rotation where the answer is A.
+  def answer(r):
+    return truth["1"] if r["index"].endswith("1") else "A"
+
+  m = bm.circular_metrics([dict(r, prediction=answer(r)) for r in table])
+  assert m["overall"] == 50 and m["category/x"] == 100 and m["category/y"] == 0
+  assert m["noncircular/overall"] == 100  # both main rows alone look right
+  assert m["questions"] == 2
+  vanilla = bm.mcq_metrics([dict(r, prediction=answer(r)) for r in table])
+  assert vanilla["overall"] == pytest.approx(100 * 5 / 8)
+
+
+def test_mcq_cvbench_vqa_gqa_and_synthetic():
+  m = bm.mcq_metrics([
+      dict(mcq(1, "A", "x", A="cat", B="dog"), prediction="A", split="dev"),
+      dict(mcq(2, "B", "x", A="cat", B="dog"), prediction="cat", split="dev"),
+      dict(mcq(3, "B", "y", A="cat", B="dog"), prediction="The answer is B", split="dev"),
+      {"index": "4", "answer": "3", "question": "open", "category": "y", "prediction": "3."}])
+  assert m["overall"] == 75 and m["category/x"] == 50 and m["category/y"] == 100
+  assert m["split/dev"] == pytest.approx(200 / 3)
+
+  cv = bm.cvbench_metrics([
+      {"answer": "(A)", "prediction": "A", "source": "ADE20K"},
+      {"answer": "(B)", "prediction": "B.", "source": "ADE20K"},  # AKI: exact equality only
+      {"answer": "(C)", "prediction": " C", "source": "COCO"},
+      {"answer": "(B)", "prediction": "B", "source": "Omni3D"},
+      {"answer": "(B)", "prediction": "C", "source": "Omni3D"}])
+  assert (cv["source/ADE20K"], cv["source/COCO"], cv["source/Omni3D"]) == (50, 100, 50)
+  assert (cv["2d"], cv["3d"], cv["overall"]) == (75, 50, 62.5)
+
+  vqa = bm.vqa_metrics([
+      {"answer": str(["red"] * 3 + ["blue"] * 7), "prediction": "Red", "answer_type": "other"},
+      {"answer": str(["2"] * 10), "prediction": "two", "answer_type": "number"}])
+  assert vqa["overall"] == pytest.approx(95) and vqa["answer_type/number"] == 100
+
+  gqa = bm.gqa_metrics([{"answer": "the table", "prediction": "Table."},
+                        {"answer": "left", "prediction": "right"}])
+  assert gqa["overall"] == 50
+
+  syn = bm.synthetic_metrics(rows(
+      {"prediction": "Yes", "answer": "yes", "category": "exist"},
+      {"prediction": "no", "answer": "yes", "category": "exist"},
+      {"prediction": "yes", "answer": "no", "category": "exist"},
+      {"prediction": "two", "answer": "two", "category": "count"},
+      {"prediction": "red.", "answer": "red", "category": "attribute"},
+      {"prediction": "left", "answer": "right", "category": "spatial"}))
+  assert syn["accuracy/exist"] == pytest.approx(1 / 3) and syn["accuracy/count"] == 1.0
+  assert syn["accuracy/all"] == pytest.approx(3 / 6)
+  assert syn["f1/exist"] == pytest.approx(0.5)  # tp 1, fp 1, fn 1
+  assert syn["chance/exist"] == pytest.approx(2 / 3)  # 'yes' is the majority answer
+
+
+def test_registry_records_prompt_and_extraction_and_resolves_names():
+  assert set(bm.REGISTRY) == {"pope", "mme", "mmbench", "seedbench_img", "realworldqa",
+                              "cvbench", "scienceqa_img", "vqav2", "gqa", "synthetic"}
+  for b in bm.REGISTRY.values():
+    assert b.prompt and b.extraction
+  assert bm.get("MMBench_DEV_EN").name == "mmbench" and bm.get("CV-Bench").name == "cvbench"
+  assert bm.get("POPE").name == "pope"
+  with pytest.raises(ValueError, match="Unknown benchmark 'mmmu'; use one of"):
+    bm.get("mmmu")
+  row = {"question": "What is it?", "hint": "A zoo.", "A": "cat", "B": "dog", "C": ""}
+  assert bm.mcq_prompt(row) == ("Hint: A zoo.\nQuestion: What is it?\nOptions:\nA. cat\nB. dog\n"
+                                "Please select the correct answer from the options above. \n")
+  assert bm.cvbench_prompt({"question": "Which?", "choices": "['x', 'y']"}) == (
+      "Answer with the option's letter from the given choices directly. Which?\nOptions:\n"
+      "A. x\nB. y\n")
