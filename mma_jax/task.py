@@ -19,26 +19,19 @@ from mma_jax import distributed
 from mma_jax.data import chat, grain_pipeline, mixture, records, synthetic, tfds_records
 from mma_jax.data import tfds_shapes, vocab
 
-# The tokens chat.encode writes besides text.
-TEMPLATE_TOKENS = ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endofchunk|>",
-                   "<image>", "<pad>")
-
-
-def load_tokenizer(path: str) -> vocab.Tokenizer:
-  """config.data.tokenizer: a tokenizer.json with the template's tokens; '' = the shapes one."""
+def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
+  """config.data.tokenizer (a tokenizer.json; '' = the shapes one) used with chat template
+  config.data.template (mma_jax.data.templates)."""
   if not path:
     return vocab.shapes_tokenizer()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.data.tokenizer={path!r} does not exist; give the path of a "
                             "tokenizer.json, or '' for the built-in shapes tokenizer.")
   try:
-    tok = vocab.Tokenizer.load(path)
-    for t in TEMPLATE_TOKENS:
-      tok.token_id(t)
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"config.data.tokenizer={path!r}: {e} The chat template needs "
-                     f"{TEMPLATE_TOKENS} as special tokens.") from None
-  return tok
+    return vocab.Tokenizer.load(path, template)
+  except ValueError as e:
+    raise ValueError(f"config.data.tokenizer={path!r} with config.data.template="
+                     f"{template!r}: {e}") from None
 
 
 def _decoded_then(encode, image_size: int, stage: str, record):
@@ -53,7 +46,7 @@ class Task:
     self.config = config
     d = config.data
     self.image_size = config.model.vision.image_size
-    self.tokenizer = load_tokenizer(d.tokenizer)
+    self.tokenizer = load_tokenizer(d.tokenizer, d.template)
     self.skips = grain_pipeline.SkipCounter()
     self.builder = None
     if d.source == "records":

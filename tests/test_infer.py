@@ -7,20 +7,14 @@ import numpy as np
 from PIL import Image
 
 from mma_jax import infer
-from mma_jax.convert import __main__ as convert_cli
 from mma_jax.data import images
 from tests.convert import hf_models
 from tests.data.test_templates import tiny_tokenizer
 
 
 def test_converted_vlm_answers_a_batch_of_questions(tmp_path):
-  hf_models.save_siglip(tmp_path / "vit")
-  tok = tiny_tokenizer("qwen2.5", add_image=False)
-  assert tok.token_to_id("<image>") is None
-  hf_models.save_llm("qwen2_tied", tmp_path / "llm", vocab_size=tok.get_vocab_size())
-  tok.save(str(tmp_path / "llm" / "tokenizer.json"))
-  convert_cli.main(["--vision", str(tmp_path / "vit"), "--llm", str(tmp_path / "llm"),
-                    "--num_latents", "3", "--out", str(tmp_path / "vlm")])
+  hf_models.converted_vlm(tmp_path)
+  assert tiny_tokenizer("qwen2.5", add_image=False).token_to_id("<image>") is None
   meta = json.load(open(tmp_path / "vlm" / "model.json"))
   model, params, tok, _ = infer.load(str(tmp_path / "vlm"))
   # <image> and <|endofchunk|> were added as tokens and as embedding rows.

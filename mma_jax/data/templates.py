@@ -9,6 +9,7 @@ transformers' apply_chat_template), and the loss spans never come from re-tokeni
 from __future__ import annotations
 
 import dataclasses
+import re
 
 AKI_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The "
               "assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -48,8 +49,17 @@ class Template:
   trim: bool = False
 
   def special_tokens(self) -> tuple[str, ...]:
-    """Tokens the tokenizer must hold whole for this template."""
-    return tuple(t for t in (self.image, self.stop, self.pt_end) if t)
+    """Tokens the tokenizer must hold whole: every tag the template writes (<s>, <|user|>, ...)."""
+    fields = (self.bos, self.system, self.user_start, self.user_end, self.assistant_start,
+              self.assistant_end, self.conversation_end, self.image, self.stop, self.pt_end)
+    return tuple(dict.fromkeys(t for f in fields for t in _TAG.findall(f)))
+
+  def added_tokens(self) -> tuple[str, ...]:
+    """The tokens a VLM adds to a text-only LLM's tokenizer for this template."""
+    return tuple(t for t in (self.image, self.pt_end) if t)
+
+
+_TAG = re.compile(r"</?s>|<\|?[A-Za-z_]+\|?>")
 
 
 def _shapes_system():

@@ -67,9 +67,9 @@ class Tokenizer:
 
 
 def add_image_tokens(tok: tokenizers.Tokenizer, template: templates.Template) -> list[str]:
-  """Add the template's image / stop / PT-end tokens a text-only tokenizer lacks, as special
-  tokens (new ids at the end of the vocabulary). Returns the tokens added, in id order."""
-  missing = [t for t in template.special_tokens() if tok.token_to_id(t) is None]
+  """Add the template's image and PT-end tokens a text-only tokenizer lacks, as special tokens
+  (new ids at the end of the vocabulary). Returns the tokens added, in id order."""
+  missing = [t for t in template.added_tokens() if tok.token_to_id(t) is None]
   tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
                           for t in missing])
   return missing

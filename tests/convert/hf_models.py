@@ -69,3 +69,16 @@ def save_siglip_full(directory, seed: int = 0):
   model = transformers.SiglipModel(cfg).eval()
   model.save_pretrained(str(directory), safe_serialization=True)
   return model
+
+
+def converted_vlm(root, latents: int = 3):
+  """SigLIP + Qwen2 (tied) with a tiny Qwen2.5-template tokenizer, converted into root/vlm."""
+  from mma_jax.convert import __main__ as convert_cli
+  from tests.data.test_templates import tiny_tokenizer
+  tok = tiny_tokenizer("qwen2.5", add_image=False)
+  save_siglip(root / "vit")
+  save_llm("qwen2_tied", root / "llm", vocab_size=tok.get_vocab_size())
+  tok.save(str(root / "llm" / "tokenizer.json"))
+  convert_cli.main(["--vision", str(root / "vit"), "--llm", str(root / "llm"),
+                    "--num_latents", str(latents), "--out", str(root / "vlm")])
+  return root / "vlm"

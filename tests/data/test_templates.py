@@ -110,6 +110,8 @@ def test_aki_template_matches_its_documented_prompt():
 
 
 def test_tokenizer_without_the_image_token_is_a_clear_error():
-  raw = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+  raw = tiny_tokenizer("llama3", add_image=False)
   with pytest.raises(ValueError, match="no '<image>' token, which chat template 'llama3' needs"):
     vocab.Tokenizer(raw, "llama3")
+  with pytest.raises(ValueError, match="no '<\\|im_start\\|>' token, which chat template 'qwen2.5'"):
+    vocab.Tokenizer(raw, "qwen2.5")
