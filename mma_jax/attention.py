@@ -1,28 +1,37 @@
 """Dot-product attention that takes the compact mask form, never an L x L array from outside.
 
-The XLA path here builds the mask per call from the ids (fine for CPU, tests and short
-sequences); faster blockwise kernels plug in behind the same signature.
+One interface, several implementations (config key model.llm.attention):
+
+  xla         dense reference: builds the [B, Lq, Lk] mask from the ids per call (tests, short
+              sequences).
+  blockwise   XLA, online softmax over key blocks, mask per block, dead blocks skipped;
+              O(L * block) memory forward and backward (CPU, long sequences).
+  pallas_gpu  Pallas Triton flash kernel, forward and backward, dead blocks skipped (GPU).
+  pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward, dead blocks skipped (TPU).
+  auto        by backend: gpu -> pallas_gpu, tpu -> pallas_tpu, otherwise xla for short
+              sequences and blockwise from DENSE_MAX_KEYS keys on.
+
+The Pallas kernels run in interpret mode when the default backend is the CPU (tests). Inside a
+mesh context the kernels run per shard (shard_map over the batch and heads axes of the current
+logical rules), since XLA cannot partition a custom kernel call itself.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from mma_jax import masks
+from mma_jax.kernels import blockwise, pallas_gpu, pallas_tpu
+from mma_jax.kernels.block_mask import TokenIds
 
+__all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS"]
 
-class TokenIds(NamedTuple):
-  """What the mask needs to know about one side (queries or keys) of attention.
-
-  segment: i32[B, L]    packed example id, 0 = padding / empty cache slot.
-  index:   i32[B, L]    sequence slot index, the order "causal" refers to.
-  group:   i32[B, G, L] group ids (queries: qgroup, keys: kgroup), -1 = none.
-  """
-  segment: jax.Array
-  index: jax.Array
-  group: jax.Array
+# auto on CPU: the dense path up to this many keys, blockwise beyond (see benchmarks/attention.py).
+DENSE_MAX_KEYS = 512
 
 
 def token_ids(segment_ids, modality, role, turn, kind: str, start=0):
@@ -59,14 +68,73 @@ def dot_product_attention(q, k, v, mask=None):
   return out.reshape(b, lq, h, d)
 
 
-def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "xla"):
-  """Masked attention from the compact ids.
-
-  Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D]; q_ids / k_ids over Lq / Lk tokens.
-  Returns: f[B, Lq, H, D].
-  """
-  if implementation != "xla":
-    raise ValueError(f"Unknown attention implementation {implementation!r}; expected 'xla'.")
+def _dense(q, k, v, q_ids: TokenIds, k_ids: TokenIds):
   mask = masks.compact_mask(q_ids.segment, q_ids.index, q_ids.group,
                             k_ids.segment, k_ids.index, k_ids.group)
   return dot_product_attention(q, k, v, mask)
+
+
+_KERNELS = {
+    "xla": _dense,
+    "blockwise": blockwise.attention,
+    "pallas_gpu": pallas_gpu.attention,
+    "pallas_tpu": pallas_tpu.attention,
+}
+IMPLEMENTATIONS = ("auto",) + tuple(_KERNELS)
+
+
+def resolve(implementation: str, num_keys: int, backend: str | None = None) -> str:
+  """The concrete implementation `implementation` stands for (see the module docstring)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown attention implementation {implementation!r}; expected one of "
+                     f"{IMPLEMENTATIONS} (config key model.llm.attention).")
+  if implementation != "auto":
+    return implementation
+  backend = backend or jax.default_backend()
+  if backend in ("gpu", "cuda", "rocm"):
+    return "pallas_gpu"
+  if backend == "tpu":
+    return "pallas_tpu"
+  return "xla" if num_keys <= DENSE_MAX_KEYS else "blockwise"
+
+
+def _current_mesh():
+  """The mesh of `with jax.set_mesh(mesh)`, else of the legacy `with mesh:` (train.py)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    from jax._src import mesh as mesh_lib  # the legacy context has no public getter left
+    mesh = mesh_lib.thread_resources.env.physical_mesh
+  return mesh
+
+
+def _per_shard(fn, q, k):
+  """fn under shard_map over the batch (and heads) axes when a multi-device mesh is active."""
+  mesh = _current_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn
+  batch, heads, kv_heads = nn.logical_to_mesh_axes(("batch", "heads", "kv_heads"))
+  size = lambda a: math.prod(mesh.shape[n] for n in ((a,) if isinstance(a, str) else a or ()))
+  if q.shape[0] % size(batch):
+    batch = None
+  if q.shape[2] % size(heads) or k.shape[2] % size(kv_heads) or size(heads) != size(kv_heads):
+    heads = kv_heads = None
+  q_spec = PartitionSpec(batch, None, heads, None)
+  kv_spec = PartitionSpec(batch, None, kv_heads, None)
+  ids_spec = TokenIds(PartitionSpec(batch, None), PartitionSpec(batch, None),
+                      PartitionSpec(batch, None, None))
+  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, ids_spec, ids_spec),
+                       out_specs=q_spec, check_vma=False)
+
+
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "auto"):
+  """Masked attention from the compact ids.
+
+  Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D]; q_ids / k_ids over Lq / Lk tokens;
+    implementation: one of IMPLEMENTATIONS.
+  Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
+  """
+  name = resolve(implementation, k.shape[1])
+  fn = _KERNELS[name]
+  if name != "xla":
+    fn = _per_shard(fn, q, k)
+  return fn(q, k, v, q_ids, k_ids)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mma_jax import attention as attn_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
@@ -43,7 +45,7 @@ class LLMConfig:
   lm_head_bias: bool = False       # AKI's decoupled output head carries one
   dtype: str = "float32"           # compute dtype; parameters stay float32
   remat: str = "none"              # see layers.REMAT_POLICIES
-  attention: str = "xla"
+  attention: str = "auto"         # see mma_jax.attention.IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +133,8 @@ def validate(cfg: VLMConfig) -> None:
       (m.rope.kind in ("default", "llama3", "longrope"),
        f"model.llm.rope.kind={m.rope.kind!r}: use 'default', 'llama3' or 'longrope'"),
       (m.dtype in ("float32", "bfloat16"), f"model.llm.dtype={m.dtype!r}: use float32 or bfloat16"),
+      (m.attention in attn_lib.IMPLEMENTATIONS,
+       f"model.llm.attention={m.attention!r}: use one of {attn_lib.IMPLEMENTATIONS}"),
   ]
   for ok, message in checks:
     if not ok:

@@ -1,0 +1,8 @@
+"""Attention kernels that read the compact mask form (mma_jax.attention.TokenIds).
+
+block_mask  the mask per element and per block, and which key blocks each query block visits
+flash       online-softmax block math shared by the blockwise and GPU kernels
+blockwise   memory-efficient XLA path (any backend; the CPU default for long sequences)
+pallas_gpu  Pallas Triton kernel, forward and backward (GPU)
+pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward (TPU)
+"""
