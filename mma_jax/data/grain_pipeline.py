@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from mma_jax.data import images as image_lib
 from mma_jax.data.chat import BadRecord
 
 SEQUENCE_KEYS = ("tokens", "modality", "role", "turn", "positions")
@@ -74,7 +75,7 @@ def finish_row(packed) -> dict:
   same[:-1] = (seg[1:] == seg[:-1]) & (seg[:-1] != 0)
   targets = np.where(same, np.roll(tokens, -1), 0).astype(np.int32)
   loss_mask = same & (np.roll(role, -1) == 2)
-  images = packed["images"].astype(np.float32) / 127.5 - 1.0
+  images = image_lib.normalize(packed["images"])
   return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "segment_ids": seg,
           "modality": packed["modality"].astype(np.int32), "role": role,
           "turn": packed["turn"].astype(np.int32), "positions": packed["positions"].astype(np.int32),
@@ -133,7 +134,7 @@ def prompt_batches(examples, *, batch_size: int, prompt_length: int, max_images:
       for key in SEQUENCE_KEYS:
         prompt[key][row, :n] = ex[key]
       prompt["segment_ids"][row, :n] = 1
-      prompt["images"][row, :k] = ex["images"].astype(np.float32) / 127.5 - 1.0
+      prompt["images"][row, :k] = image_lib.normalize(ex["images"])
       answers[row], types[row] = answer, qtype
     for row in range(len(chunk), batch_size):  # filler rows: one token, never scored
       prompt["segment_ids"][row, 0] = 1
