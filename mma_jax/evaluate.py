@@ -20,7 +20,6 @@ import os
 from typing import Callable, Iterable, Mapping
 
 import jax
-import numpy as np
 from absl import logging
 
 from mma_jax import benchmarks, decode, distributed, sharding

@@ -1,17 +1,29 @@
-"""python -m mma_jax.main --config=configs/sft_mma.py --workdir=DIR"""
+"""python -m mma_jax.main --config=configs/sft_mma.py --workdir=DIR
+
+Every process of a multi-host run executes this same command (see launch/ and the README).
+"""
 from absl import app, flags
 from ml_collections import config_flags
 
-from mma_jax import train
+from mma_jax import distributed, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sft_mma.py", "Config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (shared by all "
+                               "processes of a multi-host run).", required=True)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for a multi-process run; default "
+    "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs and SLURM.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run "
+                                      "(default $JAX_NUM_PROCESSES or auto-detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based "
+                                   "(default $JAX_PROCESS_ID or auto-detected).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

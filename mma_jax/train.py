@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,7 +23,7 @@ from clu import metric_writers, periodic_actions
 
 from mma_jax import checkpoint as ckpt_lib
 from mma_jax import config as config_lib
-from mma_jax import evaluate, optimizer, sharding
+from mma_jax import distributed, evaluate, flops, memory, optimizer, sharding
 from mma_jax import task
 from mma_jax.models import configs as model_configs
 from mma_jax.models import vlm
@@ -62,8 +61,10 @@ def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str
     return token_loss(logits, batch["targets"], batch["loss_mask"])
 
   def step(state: TrainState, batch):
+    # Micro-batch k takes rows k, k + grad_accum, ...: every device keeps its own rows.
     micro = jax.tree_util.tree_map(
-        lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+        lambda x: x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:]).swapaxes(0, 1),
+        batch)
 
     def accumulate(carry, mb):
       grads, total, count = carry
@@ -79,7 +80,8 @@ def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str
                                                      jax.tree_util.tree_leaves(trainable)) if t])
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": total / count, "grad_norm": grad_norm, "loss_tokens": count}
+    metrics = {"loss": total / count, "grad_norm": grad_norm, "loss_tokens": count,
+               "tokens": jnp.sum(batch["segment_ids"] != 0)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step
@@ -118,17 +120,65 @@ def _model_config(config, vocab_size: int) -> model_configs.VLMConfig:
   return model_configs.vlm_config_from_dict(model)
 
 
-def _init(model, example_batch, mesh, rules, seed):
-  """Sharded parameters: eval_shape -> logical shardings -> jit(init, out_shardings)."""
-  batch = {k: example_batch[k] for k in MODEL_KEYS}
+def _init_fn(model, seed: int):
+  return lambda batch: model.init(jax.random.key(seed), {k: batch[k] for k in MODEL_KEYS},
+                                  "causal")["params"]
 
-  def init():
-    return model.init(jax.random.key(seed), batch, "causal")["params"]
 
-  abstract = jax.eval_shape(init)
-  shardings = sharding.logical_shardings(abstract, mesh, rules)
-  params = jax.jit(lambda: nn.meta.unbox(init()), out_shardings=shardings)()
-  return params
+def init_params(model, example_batch, mesh, rules, seed):
+  """Sharded parameters: eval_shape -> logical shardings -> jit(init, out_shardings).
+
+  Returns: (params, their shardings).
+  """
+  return sharding.sharded_init(functools.partial(_init_fn(model, seed), example_batch), mesh,
+                               rules)
+
+
+def param_shardings(model, example_batch, mesh, rules):
+  """The parameters' shardings on `mesh`, from shapes alone (example_batch may be abstract)."""
+  return sharding.logical_shardings(jax.eval_shape(_init_fn(model, 0), example_batch), mesh,
+                                    rules)
+
+
+def init_opt(opt, params, param_shardings, mesh):
+  """Optimizer state created sharded like the parameters it mirrors (scalars replicated).
+
+  Returns: (opt_state, its shardings).
+  """
+  shardings = sharding.like_params(jax.eval_shape(opt.init, params), params, param_shardings,
+                                   mesh)
+  return jax.jit(opt.init, out_shardings=shardings)(params), shardings
+
+
+def state_shardings(param_shardings, opt_shardings, mesh) -> TrainState:
+  return TrainState(sharding.replicated(mesh), param_shardings, opt_shardings)
+
+
+def jit_train_step(model, opt, kind: str, grad_accum: int, trainable, shardings: TrainState,
+                   mesh):
+  """The jitted step with its layout fixed: state as `shardings`, batch over data x fsdp,
+  metrics replicated; the old state's buffers are reused (donated)."""
+  return jax.jit(make_train_step(model, opt, kind, grad_accum, trainable),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def _report_memory(config, model_cfg, mesh, rules, params, param_shardings, opt_state,
+                   opt_shardings, trainable, compiled):
+  """Log bytes per device: the estimate (mma_jax.memory) and what XLA compiled."""
+  t, d = config.train, config.data
+  acts = memory.activations(model_cfg, mesh, rules, t.batch_size // t.grad_accum,
+                            d.pack_length, d.max_images,
+                            memory.trainable_components(params, config.optim.freeze))
+  usage = memory.usage(params, param_shardings, opt_state, opt_shardings, trainable,
+                       t.grad_accum, acts)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  logging.info("Memory estimate: %s", memory.format_usage(usage, stats.get("bytes_limit")))
+  analysis = compiled.memory_analysis() if compiled is not None else None
+  if analysis is not None:
+    logging.info("Compiled train step per device: arguments %s, temporaries %s.",
+                 memory.human(analysis.argument_size_in_bytes),
+                 memory.human(analysis.temp_size_in_bytes))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -147,15 +197,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = steps_per_phase * len(phases)
 
   mesh = sharding.make_mesh(config.mesh.shape)
-  rules = sharding.DEFAULT_RULES
+  rules = sharding.make_rules(config.mesh.rules)
+  sharding.check_batch(config.train.batch_size, config.train.grad_accum, mesh)
+  logging.info("Mesh %s over %d devices in %d processes.", dict(mesh.shape), mesh.size,
+               jax.process_count())
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep,
                                config.train.async_checkpoint)
-  with mesh, nn.logical_axis_rules(rules):
-    params = _init(model, data.example_batch(model_cfg.tokens_per_image), mesh, rules,
-                   config.seed)
+  with sharding.use(mesh, rules):
+    params, param_shardings = init_params(
+        model, data.example_batch(model_cfg.tokens_per_image), mesh, rules, config.seed)
     opt, lr_schedule = optimizer.make(config.optim, total_steps, params)
-    opt_state = jax.jit(opt.init)(params)
+    opt_state, opt_shardings = init_opt(opt, params, param_shardings, mesh)
     trainable = optimizer.trainable_mask(params, config.optim.freeze)
     n_train = sum(int(np.prod(p.shape)) for p, t in zip(jax.tree_util.tree_leaves(params),
                                                        jax.tree_util.tree_leaves(trainable)) if t)
@@ -179,44 +232,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning("No PT checkpoint given (config.init_from is empty): SFT trains the "
                         "connector and LLM from scratch.")
 
-    state = TrainState(jnp.int32(start), params, opt_state)
-    train_step = jax.jit(make_train_step(model, opt, kind, config.train.grad_accum, trainable),
-                         donate_argnums=0)
+    shardings = state_shardings(param_shardings, opt_shardings, mesh)
+    state = jax.device_put(TrainState(jnp.int32(start), params, opt_state), shardings)
+    train_step = jit_train_step(model, opt, kind, config.train.grad_accum, trainable, shardings,
+                                mesh)
+    step_flops = flops.train_step(model_cfg, config.train.batch_size, config.data.pack_length,
+                                  config.data.max_images,
+                                  memory.trainable_components(params, config.optim.freeze))
+    peak = config.train.peak_flops or flops.peak_flops(jax.devices()[0].device_kind)
+    logging.info("Model FLOPs per step: %.3g; peak per device: %s FLOP/s.", step_flops, peak)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    step, last_metrics, t0, tokens_seen = start, None, time.time(), 0
-    stopped = False
+    step, last_metrics, t0, token_counts, steps_timed = start, None, time.time(), [], 0
+    stopped, stopping, vote = False, False, None
+    multi_process = jax.process_count() > 1
     with _StopFlag() as stop:
       while step < total_steps:
         if step == (phase + 1) * steps_per_phase:  # DOT: the second order starts fresh
           phase += 1
           _close(iterator)
           iterator = data.train_iterator(phases[phase], model_cfg.tokens_per_image)
-        batch = next(iterator)
-        tokens_seen += int(np.sum(batch["segment_ids"] != 0))
-        state, last_metrics = train_step(state, sharding.put_batch(batch, mesh))
+        batch = sharding.put_batch(next(iterator), mesh)
+        if step == start:  # compiled here (the call reuses it) to report what it really needs
+          _report_memory(config, model_cfg, mesh, rules, params, param_shardings, opt_state,
+                         opt_shardings, trainable, train_step.lower(state, batch).compile())
+          t0 = time.time()
+        state, last_metrics = train_step(state, batch)
+        token_counts.append(last_metrics["tokens"])
         step += 1
+        steps_timed += 1
+        if multi_process:  # all processes stop at the same step, one step after any asks
+          stopping = vote is not None and bool(vote)
+          vote = distributed.any_process(stop.requested, mesh)
+        else:
+          stopping = stop.requested
         report(step)
         if step % config.train.log_every == 0 or step == total_steps:
           m = jax.device_get(last_metrics)
           _check_finite(m, step, ckpt)
           dt = time.time() - t0
           scalars = {"loss": m["loss"], "grad_norm": m["grad_norm"],
-                     "learning_rate": lr_schedule(step), "tokens_per_s": tokens_seen / dt}
-          if config.train.peak_flops:
-            scalars["mfu"] = 6 * n_train * tokens_seen / dt / (
-                config.train.peak_flops * jax.device_count())
+                     "learning_rate": lr_schedule(step),
+                     "tokens_per_s": float(np.sum(jax.device_get(token_counts))) / dt,
+                     "step_time": dt / steps_timed}
+          if peak:  # model FLOPs over what the devices could have done meanwhile
+            scalars["mfu"] = step_flops * steps_timed / dt / (peak * jax.device_count())
           writer.write_scalars(step, scalars)
-          with open(os.path.join(workdir, "train_log.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
-          t0, tokens_seen = time.time(), 0
-        if (step % config.train.checkpoint_every == 0 or step == total_steps or stop.requested
+          if jax.process_index() == 0:
+            with open(os.path.join(workdir, "train_log.jsonl"), "a") as f:
+              f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}})
+                      + "\n")
+          t0, token_counts, steps_timed = time.time(), [], 0
+        if (step % config.train.checkpoint_every == 0 or step == total_steps or stopping
             or step == (phase + 1) * steps_per_phase):
           _check_finite(jax.device_get(last_metrics), step, ckpt)  # never save a NaN state
           ckpt.save(step, state.params, state.opt_state, phase, iterator)
         if config.train.eval_every and step % config.train.eval_every == 0:
           metrics, _ = _evaluate(model, state.params, data, "validation", config, model_cfg)
           writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-        if stop.requested:
+        if stopping:
           stopped = True
           break
     ckpt.close()
@@ -232,8 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics, predictions = _evaluate(model, state.params, data, "test", config, model_cfg)
   writer.write_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
   writer.flush()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"step": step, "metrics": metrics, "examples": predictions[:20]}, f, indent=1)
+  if jax.process_index() == 0:  # every process computed the same metrics
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"step": step, "metrics": metrics, "examples": predictions[:20]}, f, indent=1)
   logging.info("Test metrics at step %d:\n%s", step, format_metrics(metrics))
   return metrics
 

@@ -20,9 +20,18 @@ def dtype_of(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+class _LogicallyPartitioned(nn.LogicallyPartitioned):
+  """Constrains only at full rank: nn.DenseGeneral unboxes its flat 2-D kernel before reshaping
+  it (flax#3676), which under jax.set_mesh would apply the 3-D names to a 2-D array."""
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
 def param_init(init, names: Sequence[str]):
   """An initializer whose parameter carries logical axis names for sharding."""
-  return nn.with_logical_partitioning(init, tuple(names))
+  names = tuple(names)
+  return lambda *args, **kwargs: _LogicallyPartitioned(init(*args, **kwargs), names)
 
 
 def dense(features, names, *, axis=-1, use_bias=False, dtype=jnp.float32, name=None):

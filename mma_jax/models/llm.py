@@ -53,12 +53,15 @@ class DecoderLayer(nn.Module):
     v = layers.dense((cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"),
                      use_bias=cfg.qkv_bias, dtype=dtype, name="v")(h)
     q, k = rope.apply(q, *sin_cos), rope.apply(k, *sin_cos)
+    q = layers.constrain(q, ("batch", "length", "heads", "head_dim"))
+    k, v = (layers.constrain(t, ("batch", "length", "kv_heads", "head_dim")) for t in (k, v))
     if kv is not None:  # write this chunk into the cache, attend over every slot
       at = (0, cache_index, 0, 0)
       kv = (jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at),
             jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at))
       k, v = kv
     out = attn_lib.attention(q, k, v, q_ids, k_ids, implementation=cfg.attention)
+    out = layers.constrain(out, ("batch", "length", "heads", "head_dim"))
     out = layers.dense(cfg.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=dtype,
                        name="o")(out)
     x = layers.constrain(x + out, ("batch", "length", "embed"))
@@ -66,7 +69,8 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(cfg.rms_eps, dtype, name="mlp_norm")(x)
     gate = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="gate")(h)
     up = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="up")(h)
-    h = layers.dense(cfg.hidden, ("mlp", "embed"), dtype=dtype, name="down")(nn.silu(gate) * up)
+    h = layers.constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    h = layers.dense(cfg.hidden, ("mlp", "embed"), dtype=dtype, name="down")(h)
     return layers.constrain(x + h, ("batch", "length", "embed")), kv
 
 

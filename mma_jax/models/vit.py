@@ -18,14 +18,16 @@ class EncoderLayer(nn.Module):
     cfg, dtype = self.cfg, layers.dtype_of(self.cfg.dtype)
     head_dim = cfg.hidden // cfg.heads
     h = layers.layer_norm(cfg.ln_eps, dtype, name="norm1")(x)
-    qkv = [layers.dense((cfg.heads, head_dim), ("embed", "heads", "head_dim"), use_bias=True,
-                        dtype=dtype, name=n)(h) for n in ("q", "k", "v")]
-    h = attn_lib.dot_product_attention(*qkv)
+    heads = ("batch", "length", "heads", "head_dim")
+    qkv = [layers.constrain(layers.dense((cfg.heads, head_dim), ("embed", "heads", "head_dim"),
+                                         use_bias=True, dtype=dtype, name=n)(h), heads)
+           for n in ("q", "k", "v")]
+    h = layers.constrain(attn_lib.dot_product_attention(*qkv), heads)
     x = x + layers.dense(cfg.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1),
                          use_bias=True, dtype=dtype, name="o")(h)
     h = layers.layer_norm(cfg.ln_eps, dtype, name="norm2")(x)
     h = layers.dense(cfg.mlp_dim, ("embed", "mlp"), use_bias=True, dtype=dtype, name="fc1")(h)
-    h = nn.gelu(h, approximate=True)
+    h = layers.constrain(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
     x = x + layers.dense(cfg.hidden, ("mlp", "embed"), use_bias=True, dtype=dtype, name="fc2")(h)
     return layers.constrain(x, ("batch", "length", "embed")), None
 

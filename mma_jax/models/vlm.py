@@ -43,7 +43,9 @@ class VLM(nn.Module):
   def encode_images(self, images):
     """images: f[B, N, H, W, 3] in [-1, 1] -> image tokens f[B, N, T, E]."""
     b, n = images.shape[:2]
-    feats = self.vision(images.reshape((b * n,) + images.shape[2:]))
+    images = layers.constrain(images.reshape((b * n,) + images.shape[2:]),
+                              ("batch", None, None, None))
+    feats = self.vision(images)
     tokens = self.connector(feats)
     return tokens.reshape((b, n) + tokens.shape[1:])
 

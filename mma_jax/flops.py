@@ -1,0 +1,109 @@
+"""Model FLOPs of a training step, from the model config (for MFU and the estimate script).
+
+Counted: every matmul, 2 FLOPs per multiply-add (projections, MLPs, patch embedding, heads)
+and attention's two matmuls (scores and values) over the full row, as the PaLM paper's MFU
+does (no halving for the causal mask; packed rows count as one sequence). Not counted:
+elementwise ops, softmax, norms, and recomputation under remat: MFU, not hardware FLOPs.
+
+Backward: a component whose parameters train costs 2x its forward (weight and input gradients);
+a frozen one that a gradient must still cross (the LLM when only the connector trains) costs its
+input gradients; a frozen one at the input (the vision tower by default) costs nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from mma_jax.models.configs import LLMConfig, VLMConfig, ViTConfig
+
+COMPONENTS = ("vision", "connector", "llm")  # in data-flow order
+
+# Dense bf16 peak per JAX device, by device_kind substring (first match wins). TPU v2/v3 JAX
+# devices are single cores (half a chip).
+PEAK_FLOPS = (
+    ("TPU v2", 22.5e12), ("TPU v3", 61.5e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
+    ("TPU7x", 2307e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
+    ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L4", 121e12),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flops:
+  """Forward FLOPs of one unit (an image, a row) split into weight matmuls and attention."""
+  weights: float = 0.0
+  attention: float = 0.0
+
+  @property
+  def total(self) -> float:
+    return self.weights + self.attention
+
+  def __add__(self, other: "Flops") -> "Flops":
+    return Flops(self.weights + other.weights, self.attention + other.attention)
+
+  def __mul__(self, k: float) -> "Flops":
+    return Flops(self.weights * k, self.attention * k)
+
+
+def _attention(q_len: int, k_len: int, heads: int, head_dim: int) -> float:
+  return 2 * 2 * q_len * k_len * heads * head_dim  # scores q.k and the weighted sum of v
+
+
+def vision(cfg: ViTConfig) -> Flops:
+  """One image through the ViT (patch embedding + layers)."""
+  p, w = cfg.num_patches, cfg.hidden
+  patch = 2 * p * cfg.patch_size ** 2 * 3 * w
+  layer = 2 * p * (4 * w * w + 2 * w * cfg.mlp_dim)  # q, k, v, o and the two MLP matrices
+  return Flops(patch + cfg.layers * layer, cfg.layers * _attention(p, p, cfg.heads,
+                                                                    cfg.hidden // cfg.heads))
+
+
+def connector(cfg: VLMConfig) -> Flops:
+  """One image's features -> LLM tokens (MLP per patch, or the Perceiver resampler)."""
+  c, p, w, e = cfg.connector, cfg.vision.num_patches, cfg.vision.hidden, cfg.llm.hidden
+  if c.kind == "mlp":
+    return Flops(2 * p * (w * e + e * e))
+  n, inner = c.num_latents, c.heads * c.dim_head
+  block = 2 * (n * w * inner + 2 * (p + n) * w * inner + n * inner * w + 2 * n * w * w * c.ff_mult)
+  return Flops(c.depth * block + 2 * n * w * e,
+               c.depth * _attention(n, p + n, c.heads, c.dim_head))
+
+
+def llm(cfg: LLMConfig, length: int) -> Flops:
+  """One row of `length` tokens through the decoder and the output head."""
+  e, d = cfg.hidden, cfg.head_dim
+  layer = 2 * length * (e * cfg.heads * d + 2 * e * cfg.kv_heads * d + cfg.heads * d * e
+                        + 3 * e * cfg.mlp_dim)
+  head = 2 * length * e * cfg.vocab_size
+  return Flops(cfg.layers * layer + head,
+               cfg.layers * _attention(length, length, cfg.heads, d))
+
+
+def forward(cfg: VLMConfig, batch: int, length: int, images: int) -> dict[str, Flops]:
+  """Forward FLOPs per component for `batch` rows of `length` tokens with `images` slots each
+  (every slot is encoded, filled or not)."""
+  return {"vision": vision(cfg.vision) * (batch * images),
+          "connector": connector(cfg) * (batch * images),
+          "llm": llm(cfg.llm, length) * batch}
+
+
+def train_step(cfg: VLMConfig, batch: int, length: int, images: int,
+               trainable: dict[str, bool]) -> float:
+  """Model FLOPs of one optimizer step over the global batch (all micro-batches).
+
+  trainable: component name -> whether any of its parameters train.
+  """
+  total, upstream = 0.0, False
+  for name, f in forward(cfg, batch, length, images).items():
+    grads_flow = trainable[name] or upstream  # a gradient passes through this component
+    backward = f.weights * (trainable[name] + grads_flow) + 2 * f.attention * grads_flow
+    total += f.total + backward
+    upstream = grads_flow
+  return total
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Dense bf16 peak FLOP/s of one device of this kind; None when unknown."""
+  for key, value in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return value
+  return None
