@@ -1,7 +1,7 @@
 """The paper's ablation at small scale: one PT run, then SFT per variant x seed, and a report.
 
   python -m mma_jax.study --workdir=runs/study [--seeds=3] [--steps=N] [--pt_steps=N] \
-      [--variants=causal,reversed,dot,causal_2x,mma,prefix] [--config.KEY=VALUE ...]
+      [--variants=causal,reversed,dot,causal_2x,mma,prefix] [--jobs=N] [--config.KEY=VALUE ...]
 
 Every SFT run starts from the same PT checkpoint, on the same data and model, for the same
 number of steps; DOT trains `steps` in T&I and then `steps` in I&T, so `causal_2x` (causal I&T
@@ -16,6 +16,10 @@ for 2 x steps) is its fair control. A seed sets config.seed and the data shuffli
 
 A run whose results.json reports its full step count is reused; any other run resumes from its
 checkpoint, so rerunning the command after an interruption continues the study.
+
+--jobs=N trains up to N SFT runs at once, each in its own process (`--run=NAME` of the same
+command; its output goes to runs/VARIANT/seedS/study_run.log). A tiny model's train step keeps
+about one CPU core busy, so on a CPU machine N = the number of cores; on one accelerator, 1.
 """
 from __future__ import annotations
 
@@ -25,7 +29,10 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -382,25 +389,33 @@ def plot(results, rows, metrics, path: str) -> None:
 def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARIANTS),
               steps: int | None = None, pt_steps: int | None = None,
               overrides: Mapping[str, Any] | None = None, configs_dir: str = CONFIGS_DIR,
-              mechanism_examples: int = 3) -> dict | None:
+              mechanism_examples: int = 3, jobs: int = 1) -> dict | None:
   """Run (or reuse) every run of the plan, then write the report.
+
+  jobs > 1 trains that many runs at once in subprocesses (PT first, alone).
 
   Returns {"results": collect(...), "rows": summarize(...), "paths": report files,
   "trained": names of the runs trained now}, or None when a run was stopped (SIGTERM).
   """
-  from mma_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow is slow to import)
   runs = plan(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir)
-  trained = []
-  for n, run in enumerate(runs):
+  todo = []
+  for run in runs:
     if finished(run):
       logging.info("Study: %s is finished (%s/results.json); reused.", run.name, run.workdir)
-      continue
-    logging.info("Study: run %d/%d: %s in %s.", n + 1, len(runs), run.name, run.workdir)
-    train.train_and_evaluate(run.config, run.workdir)
-    if not finished(run):  # stopped by SIGTERM: its checkpoint is kept
-      logging.warning("Study stopped during %s; rerun the same command to continue.", run.name)
-      return None
-    trained.append(run.name)
+    else:
+      todo.append(run)
+  if jobs > 1:
+    command = _command(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir)
+    # PT alone first: every SFT run starts from its checkpoint.
+    trained = _train_in_processes([r for r in todo if r is runs[0]], 1, command)
+    if trained is not None:
+      more = _train_in_processes([r for r in todo if r is not runs[0]], jobs, command)
+      trained = None if more is None else trained + more
+  else:
+    trained = _train_here(todo, len(runs))
+  if trained is None:
+    logging.warning("Study stopped; rerun the same command to continue.")
+    return None
   results = collect(runs)
   mech = None
   if mechanism_examples and {"mma", BASELINE} <= set(variants) and \
@@ -416,6 +431,81 @@ def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARI
           "mechanism": mech}
 
 
+def _train_here(todo: Sequence[Run], total: int) -> list[str] | None:
+  """Trains the runs one after another in this process; None when one was stopped."""
+  from mma_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow is slow to import)
+  trained = []
+  for run in todo:
+    logging.info("Study: %s (%d of %d runs left) in %s.", run.name, len(todo) - len(trained),
+                 total, run.workdir)
+    train.train_and_evaluate(run.config, run.workdir)
+    if not finished(run):  # stopped by SIGTERM: its checkpoint is kept
+      return None
+    trained.append(run.name)
+  return trained
+
+
+def _command(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir) -> list[str]:
+  """This study's command line; `--run=NAME` is appended per run."""
+  cmd = [sys.executable, "-m", "mma_jax.study", f"--workdir={os.path.abspath(workdir)}",
+         f"--seeds={seeds}", f"--variants={','.join(variants)}", f"--configs_dir={configs_dir}"]
+  cmd += [f"--steps={steps}"] if steps else []
+  cmd += [f"--pt_steps={pt_steps}"] if pt_steps else []
+  return cmd + [f"--config.{k}={v}" for k, v in (overrides or {}).items()]
+
+
+def _train_in_processes(todo: Sequence[Run], jobs: int, command: list[str]) -> list[str] | None:
+  """Trains the runs, up to `jobs` at once, each in a subprocess; None when stopped by SIGTERM.
+
+  A SIGTERM is passed on to the running runs (they save a checkpoint) and starts no new one.
+  A run that fails stops the study once the others ended, naming its log.
+  """
+  pending, active, trained, failed = list(todo), {}, [], []
+  stop = []
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    stop.append(signum)
+    for proc, _, _ in active.values():
+      proc.send_signal(signal.SIGTERM)
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    while active or (pending and not stop and not failed):
+      while pending and len(active) < jobs and not stop and not failed:
+        run = pending.pop(0)
+        os.makedirs(run.workdir, exist_ok=True)
+        log = open(os.path.join(run.workdir, "study_run.log"), "a")
+        logging.info("Study: %s started (%d waiting); log %s.", run.name, len(pending), log.name)
+        active[run.name] = (subprocess.Popen(command + [f"--run={run.name}"], stdout=log,
+                                             stderr=subprocess.STDOUT), log, run)
+      time.sleep(1.0)
+      for name, (proc, log, run) in list(active.items()):
+        if proc.poll() is None:
+          continue
+        log.close()
+        del active[name]
+        if finished(run):
+          trained.append(name)
+          logging.info("Study: %s finished.", name)
+        elif not stop:
+          failed.append(f"{name} (exit {proc.returncode}; see {log.name})")
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  if failed:
+    raise RuntimeError(f"Study runs failed: {', '.join(failed)}. Fix the cause and rerun the "
+                       "same command; finished runs are reused.")
+  return None if stop else trained
+
+
+def _train_one(name: str) -> None:
+  """--run=NAME: trains that run of this command's plan; exit 1 when it was stopped."""
+  from mma_jax import train  # pylint: disable=g-import-not-at-top
+  runs = {r.name: r for r in plan(_WORKDIR.value, _SEEDS.value, _VARIANTS.value, _STEPS.value,
+                                  _PT_STEPS.value, _OVERRIDES, _CONFIGS_DIR.value)}
+  if name not in runs:
+    raise app.UsageError(f"--run={name} is not in the study's plan: {sorted(runs)}.")
+  train.train_and_evaluate(runs[name].config, runs[name].workdir)
+  sys.exit(0 if finished(runs[name]) else 1)
+
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant.")
 _STEPS = flags.DEFINE_integer("steps", None, "SFT steps per order (default: the SFT configs').")
@@ -424,6 +514,8 @@ _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {list(VARIANT
 _CONFIGS_DIR = flags.DEFINE_string("configs_dir", CONFIGS_DIR, "Where pt.py and sft_*.py are.")
 _MECHANISM = flags.DEFINE_integer("mechanism_examples", 3, "Images for the mechanism pictures "
                                   "(0 = none).")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own process.")
+_RUN = flags.DEFINE_string("run", None, "Train only this run of the plan (used by --jobs).")
 _OVERRIDES: dict[str, str] = {}
 
 
@@ -444,8 +536,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _RUN.value:
+    _train_one(_RUN.value)
+  if _JOBS.value < 1:
+    raise app.UsageError(f"--jobs={_JOBS.value} must be at least 1.")
   out = run_study(_WORKDIR.value, _SEEDS.value, _VARIANTS.value, _STEPS.value, _PT_STEPS.value,
-                  _OVERRIDES, _CONFIGS_DIR.value, _MECHANISM.value)
+                  _OVERRIDES, _CONFIGS_DIR.value, _MECHANISM.value, _JOBS.value)
   if out is None:
     sys.exit(1)
   with open(out["paths"]["markdown"]) as f:

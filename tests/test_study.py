@@ -79,3 +79,24 @@ def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
   # Everything finished: nothing is trained again, the report is the same.
   again = study.run_study(workdir, mechanism_examples=0, **kw)
   assert again["trained"] == [] and again["results"] == out["results"]
+
+
+def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
+  """--jobs=2: PT alone, then the SFT runs two at a time in `--run=NAME` subprocesses; a
+  finished run is reused and one with a bad config stops the study naming its log."""
+  workdir = str(tmp_path / "study")
+  kw = dict(seeds=2, variants=["causal", "mma"], steps=2, pt_steps=2, overrides=TINY,
+            mechanism_examples=0)
+  first = study.run_study(workdir, **dict(kw, variants=["causal"], seeds=1))
+  assert first["trained"] == ["pt", "causal/seed0"]
+  out = study.run_study(workdir, jobs=2, **kw)
+  assert sorted(out["trained"]) == ["causal/seed1", "mma/seed0", "mma/seed1"]
+  assert out["results"]["causal"]["seeds"] == out["results"]["mma"]["seeds"] == [0, 1]
+  assert "(chance" in open(os.path.join(workdir, "runs", "mma", "seed1",
+                                              "study_run.log")).read()
+  # The same seed-0 causal run, so the same metrics as before.
+  assert out["results"]["causal"]["metrics"]["accuracy/all"][0] == \
+      first["results"]["causal"]["metrics"]["accuracy/all"][0]
+  with pytest.raises(RuntimeError, match=r"prefix/seed0 \(exit 1; see .*study_run.log\)"):
+    study.run_study(workdir, jobs=2, **dict(kw, variants=["causal", "prefix"],
+                                            overrides=dict(TINY, **{"train.grad_accum": 3})))
