@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
                              # records: the root the mixture's names are relative to
   c.data.mixture = ""        # records: 'NAME=WEIGHT,...' or a preset ('aki_sft'); data/mixture.py
   c.data.tokenizer = ""      # path to a tokenizer.json; '' = the shapes benchmark's word tokenizer
-  c.data.template = "shapes" # chat template of that tokenizer: shapes | aki | llama3 | qwen2.5 | phi3.5
+  c.data.template = "shapes" # chat template of that tokenizer: shapes | aki | llama3 | llama3.1 |
+                             # qwen2.5 | phi3.5 (templates.py)
   c.data.train_size = 6000
   c.data.validation_size = 200
   c.data.test_size = 600     # records: validation/test_size = the most evaluated per source

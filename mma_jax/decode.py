@@ -69,14 +69,16 @@ def sample(logits, rng, temperature: float, top_p: float):
 @functools.partial(jax.jit, static_argnames=("model", "kind", "max_new_tokens", "eos_id",
                                              "pad_id", "temperature", "top_p"))
 def generate(model: nn.Module, params, prompt: Mapping[str, Any], *, kind: str,
-             max_new_tokens: int, eos_id: int, pad_id: int = 0, temperature: float = 0.0,
-             top_p: float = 1.0, rng=None):
-  """Decode up to max_new_tokens per row; a row stops after it emits eos_id.
+             max_new_tokens: int, eos_id: int | tuple[int, ...], pad_id: int = 0,
+             temperature: float = 0.0, top_p: float = 1.0, rng=None):
+  """Decode up to max_new_tokens per row; a row stops after it emits eos_id (or any of a tuple
+  of ids: Tokenizer.stop_ids).
 
   Returns: (tokens i32[B, max_new_tokens] padded with pad_id after EOS, lengths i32[B]
   counting the EOS).
   """
   rng = jax.random.key(0) if rng is None else rng
+  stops = jnp.asarray((eos_id,) if isinstance(eos_id, int) else eos_id, jnp.int32)
   b, p = prompt["tokens"].shape
   logits, cache = prefill(model, params, prompt, kind, max_new_tokens)
   prompt_len = jnp.sum(prompt["segment_ids"] != 0, axis=1)
@@ -93,7 +95,7 @@ def generate(model: nn.Module, params, prompt: Mapping[str, Any], *, kind: str,
     token = jnp.where(done, pad_id, sample(logits, step_rng, temperature, top_p))
     out = out.at[:, t].set(token)
     lengths = jnp.where(done, lengths, t + 1)
-    done = done | (token == eos_id)
+    done = done | jnp.isin(token, stops)
     logits, cache = extend(model, params, token, prompt_len + t, turn, cache, p + t, kind)
     return t + 1, logits, cache, out, lengths, done, rng
 

@@ -50,7 +50,7 @@ def answer(model, params, tok: vocab.Tokenizer, image: np.ndarray, questions: Se
   prompt, _, _ = next(grain_pipeline.prompt_batches(
       examples, batch_size=len(examples), prompt_length=length, max_images=1, image_size=size))
   tokens, lengths = decode.generate(model, {"params": params}, prompt, kind=kind,
-                                    max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
+                                    max_new_tokens=max_new_tokens, eos_id=tok.stop_ids,
                                     pad_id=tok.pad_id)
   tokens, lengths = np.asarray(tokens), np.asarray(lengths)
   return [tok.decode(row[:n].tolist()).strip() for row, n in zip(tokens, lengths)]

@@ -104,8 +104,18 @@ def test_each_row_stops_at_its_eos(model_and_params):
   eos = int(free[0, 2])
   tokens, lengths = decode.generate(model, params, batch, kind="mma", max_new_tokens=6,
                                     eos_id=eos, pad_id=0)
+  _assert_stops_at(free, tokens, lengths, (eos,))
+  # Several stop ids (a template's end token and the checkpoint's eos): the first one ends it.
+  stops = (eos, int(free[1, 1]))
+  tokens, lengths = decode.generate(model, params, batch, kind="mma", max_new_tokens=6,
+                                    eos_id=stops, pad_id=0)
+  _assert_stops_at(free, tokens, lengths, stops)
+  assert int(lengths[1]) <= 2
+
+
+def _assert_stops_at(free, tokens, lengths, stops):
   for b in range(2):
-    hits = np.flatnonzero(free[b] == eos)
+    hits = np.flatnonzero(np.isin(free[b], stops))
     stop = hits[0] + 1 if hits.size else 6
     assert int(lengths[b]) == stop
     np.testing.assert_array_equal(np.asarray(tokens[b, :stop]), free[b, :stop])

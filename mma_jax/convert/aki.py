@@ -100,7 +100,12 @@ def configs(aki_config: dict, tensors, vision_hf_config: dict, llm_hf_config: di
     raise ValueError("AKI's language model is Phi-3.x; the --llm_config given is "
                      f"{llm_hf_config.get('model_type')!r}.")
   rows = tensors[L + "model.embed_tokens.weight"].shape[0]
-  n0 = int(aki_config.get("initial_tokenizer_len", rows))
+  if "initial_tokenizer_len" not in aki_config:
+    raise ValueError("The AKI config.json has no 'initial_tokenizer_len': it says where the "
+                     "embedding rows end and <image> / <|endofchunk|> (the additional rows) "
+                     "begin. Add it from the checkpoint's model card (the tokenizer's length "
+                     "before those two tokens were added).")
+  n0 = int(aki_config["initial_tokenizer_len"])
   extra = tensors[L + "model.embed_tokens.additional_embedding.weight"].shape[0]
   has_bias = L + "lm_head.bias" in tensors
   llm = dataclasses.replace(llm, vocab_size=n0 + extra, lm_head_bias=has_bias,

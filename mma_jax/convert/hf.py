@@ -36,7 +36,7 @@ from mma_jax.models import vit
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "generation_config.json")
-# Chat template per LLM family (mma_jax.data.templates); AKI has its own.
+# Chat template per LLM family (mma_jax.data.templates; Llama: see template_of); AKI has its own.
 TEMPLATES = {"llama": "llama3", "qwen2": "qwen2.5", "phi3": "phi3.5"}
 
 
@@ -101,15 +101,29 @@ def import_llm(directory: str) -> Converted:
   table = llm_conv.rules(cfg, family)
   model = {"llm": _asdict(cfg)}
   params = _convert(directory, model, table, tensors, ignored)
-  return Converted(model, params, family, TEMPLATES[family], [directory],
+  return Converted(model, params, family, template_of(directory, c, family), [directory],
                    {k: c.get(k) for k in SPECIAL_IDS})
+
+
+def template_of(directory: str, c: dict, family: str) -> str:
+  """The chat template of an LLM directory. Llama 3.1 / 3.2 write a dated system block that 3.0
+  does not: told apart by the jinja in tokenizer_config.json, else by 3.1's llama3 rope scaling."""
+  if family != "llama":
+    return TEMPLATES[family]
+  path = os.path.join(directory, "tokenizer_config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      jinja = str(json.load(f).get("chat_template") or "")  # a string, or a list of named ones
+    if jinja:
+      return "llama3.1" if "Cutting Knowledge Date" in jinja else "llama3"
+  return "llama3.1" if llm_conv.config_from_hf(c).rope.kind == "llama3" else "llama3"
 
 
 def import_vision(directory: str) -> Converted:
   c = tio.read_config(directory)
   cfg = siglip.config_from_hf(c)
   tensors = tio.read_tensors(directory)
-  prefix = siglip.hf_prefix_of(c)
+  prefix = siglip.hf_prefix_of(c, tensors)
   ignored = [k for k in tensors if siglip.IGNORED.fullmatch(k[len(prefix):])
              or not k.startswith(prefix)]
   model = {"vision": _asdict(cfg)}
@@ -127,8 +141,26 @@ def import_aki(directory: str, vision_config: str, llm_config: str,
   with open(llm_config) as f:
     llm = json.load(f)
   model, table, ignored = aki_conv.configs(aki_cfg, tensors, vis, llm, perceiver_heads)
+  _check_aki_tokenizer(directory, int(aki_cfg["initial_tokenizer_len"]))
   params = _convert(directory, model, table, tensors, ignored)
   return Converted(model, params, "phi3", "aki", [directory])
+
+
+def _check_aki_tokenizer(directory: str, n0: int) -> None:
+  """AKI's additional rows serve ids n0 and n0 + 1: the tokenizer must put its two added tokens
+  there, or every image would read the wrong embedding."""
+  path = os.path.join(directory, "tokenizer.json")
+  if not os.path.exists(path):
+    logging.warning("%s has no tokenizer.json; the ids of <image> and <|endofchunk|> are not "
+                    "checked against initial_tokenizer_len=%d.", directory, n0)
+    return
+  import tokenizers
+  tok = tokenizers.Tokenizer.from_file(path)
+  got = {t: tok.token_to_id(t) for t in ("<image>", "<|endofchunk|>")}
+  if sorted(got.values(), key=lambda i: -1 if i is None else i) != [n0, n0 + 1]:
+    raise ValueError(f"{path}: token ids {got}, but AKI's additional embedding rows serve ids "
+                     f"{n0} and {n0 + 1} (initial_tokenizer_len={n0}); this tokenizer is not "
+                     "the checkpoint's own.")
 
 
 def combine(vision: Converted, llm: Converted, connector: dict, seed: int = 0) -> Converted:
@@ -149,32 +181,37 @@ def combine(vision: Converted, llm: Converted, connector: dict, seed: int = 0) -
 
 def add_image_tokens(conv: Converted, tokenizer_dir: str | None, out: str) -> list[str]:
   """Give the LLM the tokens its chat template needs (<image>, ...): added to tokenizer.json as
-  special tokens and as new embedding / output rows initialised to the mean of the existing
-  ones. Writes the tokenizer to out/tokenizer.json; returns the tokens added."""
+  special tokens, their embedding / output rows set to the mean of the rows of the tokenizer's
+  own tokens. The new ids may fall on spare rows the checkpoint already has (Phi-3.5 and
+  Qwen2.5 pad their tables past the tokenizer) or past the table, which then grows.
+  Writes the tokenizer to out/tokenizer.json; returns the tokens added."""
   import tokenizers
   from mma_jax.data import templates, vocab
   path = os.path.join(tokenizer_dir or "", "tokenizer.json")
   if not tokenizer_dir or not os.path.exists(path) or "llm" not in conv.model:
     return []
   tok = tokenizers.Tokenizer.from_file(path)
-  if tok.get_vocab_size() > conv.model["llm"]["vocab_size"]:
-    raise ValueError(f"{path} has {tok.get_vocab_size()} tokens but the model only "
-                     f"{conv.model['llm']['vocab_size']} embedding rows: not this model's tokenizer.")
+  rows = conv.model["llm"]["vocab_size"]
+  trained = tok.get_vocab_size()
+  if trained > rows:
+    raise ValueError(f"{path} has {trained} tokens but the model only {rows} embedding rows: "
+                     "not this model's tokenizer.")
   added = vocab.add_image_tokens(tok, templates.get(conv.template))
-  new_size = max(tok.get_vocab_size(), conv.model["llm"]["vocab_size"])
-  grow = new_size - conv.model["llm"]["vocab_size"]
-  if grow:
-    for key, axis in (("llm/embedder/embedding", 0), ("llm/lm_head/kernel", 1),
-                      ("llm/lm_head/bias", 0)):
-      if key in conv.params:
-        a = conv.params[key]
-        mean = np.mean(a, axis=axis, keepdims=True)
-        conv.params[key] = np.concatenate([a] + [mean] * grow, axis=axis)
-    conv.model["llm"]["vocab_size"] = new_size
+  ids = [tok.token_to_id(t) for t in added]
+  new_size = max(tok.get_vocab_size(), rows)
+  for key, axis in (("llm/embedder/embedding", 0), ("llm/lm_head/kernel", 1),
+                    ("llm/lm_head/bias", 0)):
+    if key in conv.params and ids:
+      a = np.moveaxis(conv.params[key], axis, 0)
+      grown = np.concatenate([a, np.zeros((new_size - rows,) + a.shape[1:], a.dtype)])
+      grown[ids] = a[:trained].mean(axis=0)  # spare rows past the tokenizer are untrained
+      conv.params[key] = np.moveaxis(grown, 0, axis)
+  conv.model["llm"]["vocab_size"] = new_size
   os.makedirs(out, exist_ok=True)
   tok.save(os.path.join(out, "tokenizer.json"))
   if added:
-    logging.info("Added %s to the tokenizer and %d embedding rows.", added, grow)
+    logging.info("Added %s to the tokenizer (ids %s); %d new embedding rows.", added, ids,
+                 new_size - rows)
   return added
 
 
@@ -230,11 +267,17 @@ def export_llm(model: dict, params: dict, family: str, out: str,
   tensors = export_params(table, flat({"llm": params["llm"]}), dtype)
   extra = {k: None for k in SPECIAL_IDS}
   extra.update(extra_config or {})
-  tio.write_tensors(out, tensors, llm_conv.config_to_hf(cfg, family, extra))
+  tio.write_tensors(out, tensors, _with_dtype(llm_conv.config_to_hf(cfg, family, extra), dtype))
 
 
 def export_vision(model: dict, params: dict, out: str, dtype=np.float32) -> None:
   """The vision tower as an HF SiglipVisionModel directory."""
   cfg = mc.build(mc.ViTConfig, model["vision"], "model.vision")
-  tensors = export_params(siglip.rules(cfg), flat({"vision": params["vision"]}), dtype)
-  tio.write_tensors(out, tensors, siglip.config_to_hf(cfg))
+  tensors = export_params(siglip.rules(cfg, hf_prefix=siglip.EXPORT_PREFIX),
+                          flat({"vision": params["vision"]}), dtype)
+  tio.write_tensors(out, tensors, _with_dtype(siglip.config_to_hf(cfg), dtype))
+
+
+def _with_dtype(config: dict, dtype) -> dict:
+  """config.json names the dtype the tensors are stored in ('float32' or 'bfloat16')."""
+  return {**config, "torch_dtype": np.dtype(dtype).name}

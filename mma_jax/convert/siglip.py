@@ -25,8 +25,17 @@ def vision_config_of(c: dict) -> dict:
   return c
 
 
-def hf_prefix_of(c: dict) -> str:
-  return "vision_model." if c.get("model_type") == "siglip" else ""
+# transformers 4.x saves a SiglipVisionModel as vision_model.*, 5.x without the prefix (and
+# reads both); exports use the prefixed layout so that both versions load them.
+EXPORT_PREFIX = "vision_model."
+
+
+def hf_prefix_of(c: dict, names=()) -> str:
+  """The prefix of the vision tensors: always vision_model. in a full SiglipModel; in a
+  SiglipVisionModel directory it depends on the transformers version that saved it."""
+  if c.get("model_type") == "siglip" or any(n.startswith(EXPORT_PREFIX) for n in names):
+    return EXPORT_PREFIX
+  return ""
 
 
 def config_from_hf(c: dict) -> ViTConfig:

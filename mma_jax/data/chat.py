@@ -118,7 +118,7 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
   for t, (question, answer) in enumerate(turns):
     if t == 0:
       p.add(tpl.bos, PROMPT, 0)
-      if tpl.system and system:
+      if tpl.system and (system or tpl.system_always):
         p.add(tpl.system.format(system=clean(system)), PROMPT, 0)
     p.add(tpl.user_start, PROMPT, t)
     text = question.replace(IMAGE_TAG, "").strip()

@@ -55,6 +55,13 @@ class Tokenizer:
     return self.token_id(self.template.stop)
 
   @property
+  def stop_ids(self) -> tuple[int, ...]:
+    """Every token that ends a generated answer: the template's stop token first, then those of
+    its extra_stops the vocabulary has."""
+    extra = (self.tok.token_to_id(t) for t in self.template.extra_stops)
+    return tuple(dict.fromkeys([self.eos_id, *(i for i in extra if i is not None)]))
+
+  @property
   def image_id(self) -> int:
     return self.token_id(self.template.image)
 

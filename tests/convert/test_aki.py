@@ -121,3 +121,26 @@ def test_aki_layout_converts_and_each_part_matches(tmp_path):
   batch = model_batch("PIIIPPA", tokens_per_image=LATENTS, image_size=30)
   logits, _ = vlm.VLM(cfg).apply({"params": params}, batch, "mma")
   assert logits.shape == (1, 7, N0 + EXTRA) and np.isfinite(np.asarray(logits)).all()
+
+
+def _import(root):
+  return hf.import_aki(str(root / "aki"), str(root / "siglip/config.json"),
+                       str(root / "phi/config.json"), perceiver_heads=HEADS)
+
+
+def test_aki_vocabulary_boundary_must_be_known_and_match_the_tokenizer(tmp_path):
+  import pytest
+  from tests.data.test_templates import tiny_tokenizer
+  t, _ = _aki_checkpoint(tmp_path)
+  # Without initial_tokenizer_len the boundary of the additional rows is unknown: an error.
+  tensors.write_tensors(str(tmp_path / "aki"), t, {"num_vision_tokens": LATENTS})
+  with pytest.raises(ValueError, match="no 'initial_tokenizer_len'"):
+    _import(tmp_path)
+  # A tokenizer whose <image> is not at that boundary is not the checkpoint's own.
+  tensors.write_tensors(str(tmp_path / "aki"), t, {"initial_tokenizer_len": N0,
+                                                   "num_vision_tokens": LATENTS})
+  tok = tiny_tokenizer("aki")
+  assert tok.token_to_id("<image>") != N0
+  tok.save(str(tmp_path / "aki" / "tokenizer.json"))
+  with pytest.raises(ValueError, match=f"serve ids {N0} and {N0 + 1}"):
+    _import(tmp_path)

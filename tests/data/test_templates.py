@@ -16,6 +16,17 @@ JINJA = {
         "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
         "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
         "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
+    # Llama 3.1's (3.2's is the same but for strftime_now's date; date_string pins it).
+    "llama3.1": (
+        "{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\""
+        " %}{%- endif %}{%- if messages[0]['role'] == 'system' %}{%- set system_message = "
+        "messages[0]['content']|trim %}{%- set messages = messages[1:] %}{%- else %}{%- set "
+        "system_message = \"\" %}{%- endif %}{{- \"<|start_header_id|>system<|end_header_id|>\n\n\" }}"
+        "{{- \"Cutting Knowledge Date: December 2023\n\" }}{{- \"Today Date: \" + date_string + "
+        "\"\n\n\" }}{{- system_message }}{{- \"<|eot_id|>\" }}{%- for message in messages %}"
+        "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] "
+        "| trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}"
+        "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"),
     "qwen2.5": (
         "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content']"
         " + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba "
@@ -33,11 +44,14 @@ JINJA = {
 }
 SPECIALS = {
     "llama3": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    "llama3.1": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                 "<|eom_id|>"],
     "qwen2.5": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
     "phi3.5": ["<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"],
     "aki": ["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"],
 }
-BOS_EOS = {"llama3": ("<|begin_of_text|>", "<|eot_id|>"), "qwen2.5": (None, "<|im_end|>"),
+BOS_EOS = {"llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+           "llama3.1": ("<|begin_of_text|>", "<|eot_id|>"), "qwen2.5": (None, "<|im_end|>"),
            "phi3.5": ("<s>", "<|endoftext|>"), "aki": ("<s>", "</s>")}
 CORPUS = ["What is in the image? A red circle and a small blue square.",
           "And how large is it?\nLarge.", "You are Qwen, created by Alibaba Cloud.",
@@ -73,18 +87,21 @@ def _ids(out):
   return list(out["input_ids"] if not isinstance(out, list) else out)
 
 
+@pytest.mark.parametrize("system", ["", "Answer briefly."])
 @pytest.mark.parametrize("family", sorted(JINJA))
-def test_ids_equal_the_family_template(family):
+def test_ids_equal_the_family_template(family, system):
   raw = tiny_tokenizer(family)
   bos, eos = BOS_EOS[family]
   hf = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos)
   hf.chat_template = JINJA[family]
   tok = vocab.Tokenizer(raw, family)
-  ex = chat.encode(RECORD, tok, tokens_per_image=1)
-  assert ex["tokens"].tolist() == _ids(hf.apply_chat_template(MESSAGES, tokenize=True))
-  prompt = chat.encode(RECORD, tok, tokens_per_image=1, drop_last_answer=True)
+  record = dict(RECORD, system=system) if system else RECORD
+  messages = ([{"role": "system", "content": system}] if system else []) + MESSAGES
+  ex = chat.encode(record, tok, tokens_per_image=1)
+  assert ex["tokens"].tolist() == _ids(hf.apply_chat_template(messages, tokenize=True))
+  prompt = chat.encode(record, tok, tokens_per_image=1, drop_last_answer=True)
   assert prompt["tokens"].tolist() == _ids(hf.apply_chat_template(
-      MESSAGES[:-1], tokenize=True, add_generation_prompt=True))
+      messages[:-1], tokenize=True, add_generation_prompt=True))
   # Loss spans: exactly the answers and what ends them, per turn.
   t = templates.get(family)
   for turn, answer in ((0, "A red circle."), (1, "Large.")):
@@ -107,6 +124,8 @@ def test_aki_template_matches_its_documented_prompt():
   want = [i for w in want for i in ([w] * 3 if w == image else [w])]  # 3 slots per image
   assert ex["tokens"].tolist() == want
   assert tok.eos_id == raw.token_to_id("</s>")
+  # AKI trained with add_eos_token: Phi-3.5's eos (and <|end|>) also end a generated answer.
+  assert tok.stop_ids == tuple(raw.token_to_id(t) for t in ("</s>", "<|endoftext|>", "<|end|>"))
 
 
 def test_tokenizer_without_the_image_token_is_a_clear_error():
