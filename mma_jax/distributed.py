@@ -4,7 +4,8 @@
   explicit  --coordinator_address / --num_processes / --process_id flags, or the environment
             variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (launch/local.py
             sets these);
-  slurm     a multi-task `srun` step (JAX reads SLURM_* itself);
+  slurm     a multi-task `srun` step (JAX reads SLURM_* itself; a task alone on its node gets
+            all the node's GPUs, see slurm_local_device_ids);
   tpu       a Cloud TPU VM (JAX asks the TPU metadata server for the slice's workers);
   single    anything else: one process, nothing to initialize.
 Afterwards jax.devices() lists the devices of every process and jax.process_index() says which
@@ -43,6 +44,29 @@ def detect(coordinator_address=None, num_processes=None, process_id=None) -> str
   return "single"
 
 
+def slurm_local_device_ids() -> list[int] | None:
+  """The GPUs a process of a SLURM step owns, for jax.distributed.initialize.
+
+  Left alone, JAX gives each SLURM task the one GPU at index SLURM_LOCALID: right for one task
+  per GPU (--ntasks-per-node=8), but one task per node would then use 1 of its 8 GPUs. With a
+  single task per node it gets all the node's GPUs (SLURM_GPUS_ON_NODE, else the count in
+  CUDA_VISIBLE_DEVICES); None = JAX's default (outside SLURM, several tasks per node, or GPUs
+  not known).
+  """
+  env = os.environ
+  if not env.get("SLURM_STEP_NODELIST") and not env.get("SLURM_JOB_NODELIST"):
+    return None
+  tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+  nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1")))
+  if tasks != nodes:
+    return None
+  gpus = env.get("SLURM_GPUS_ON_NODE", "")
+  if not gpus.isdigit():
+    visible = env.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = str(len(visible.split(","))) if visible else ""
+  return list(range(int(gpus))) if gpus.isdigit() and int(gpus) > 0 else None
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> str:
   """Join the run's processes (flags win over the environment). Returns the detect() result."""
@@ -59,9 +83,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(f"Multi-process start-up needs --{key} (or ${ENV[key]}) as well: "
                          f"give all of --coordinator_address, --num_processes, --process_id.")
       args[key] = value if key == "coordinator_address" else int(value)
-    jax.distributed.initialize(**args)
+    jax.distributed.initialize(**args, local_device_ids=slurm_local_device_ids())
   elif how == "slurm":
-    jax.distributed.initialize()
+    jax.distributed.initialize(local_device_ids=slurm_local_device_ids())
   else:  # a TPU VM: a slice's workers are found through the metadata server
     try:
       jax.distributed.initialize()

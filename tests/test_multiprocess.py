@@ -123,6 +123,26 @@ def test_start_up_is_detected_from_the_environment(monkeypatch, env, expected):
   assert distributed.detect() == expected
 
 
+@pytest.mark.parametrize("env,expected", [
+    # one task per node with 8 GPUs: all 8, not JAX's default of the one at SLURM_LOCALID
+    ({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2",
+      "SLURM_GPUS_ON_NODE": "8"}, list(range(8))),
+    ({"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_NNODES": "1",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, [0, 1, 2, 3]),
+    # one task per GPU: JAX's default (None) is right
+    ({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2",
+      "SLURM_GPUS_ON_NODE": "8"}, None),
+    ({}, None),  # not under SLURM
+])
+def test_a_slurm_task_alone_on_its_node_owns_all_its_gpus(monkeypatch, env, expected):
+  for key in list(os.environ):
+    if key.startswith("SLURM_") or key == "CUDA_VISIBLE_DEVICES":
+      monkeypatch.delenv(key)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  assert distributed.slurm_local_device_ids() == expected
+
+
 def test_partial_coordinator_flags_are_a_clear_error(monkeypatch):
   for key in distributed.ENV.values():
     monkeypatch.delenv(key, raising=False)
