@@ -15,12 +15,21 @@ SCRIPT = textwrap.dedent("""
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(kq, (4, 23, 4, 8))
     k, val = jax.random.normal(kk, (4, 23, 2, 8)), jax.random.normal(kv, (4, 23, 2, 8))
+    w = jax.random.normal(jax.random.key(1), q.shape)
+    def loss(impl):  # gradients flow back through the shard_map too
+      return lambda q, k, v: (attention.attention(q, k, v, *ids, implementation=impl) * w).sum()
     want = attention.attention(q, k, val, *ids, implementation="xla")
-    with jax.set_mesh(sharding.make_mesh((2, 1, 2))), nn.logical_axis_rules(
-        sharding.DEFAULT_RULES):
-      f = jax.jit(lambda *a: attention.attention(*a, implementation="pallas_gpu"))
-      assert "shard_map" in str(jax.make_jaxpr(f)(q, k, val, *ids))
-      np.testing.assert_allclose(f(q, k, val, *ids), want, atol=1e-5)
+    want_grads = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, val)
+    for mesh_shape in ((2, 1, 2), (1, 1, 4)):  # (1, 1, 4): 2 kv heads, heads left unsharded
+      with jax.set_mesh(sharding.make_mesh(mesh_shape)), nn.logical_axis_rules(
+          sharding.DEFAULT_RULES):
+        for impl in ("pallas_gpu", "blockwise"):
+          f = jax.jit(lambda *a: attention.attention(*a, implementation=impl))
+          assert "shard_map" in str(jax.make_jaxpr(f)(q, k, val, *ids))
+          np.testing.assert_allclose(f(q, k, val, *ids), want, atol=1e-5)
+          grads = jax.jit(jax.grad(loss(impl), argnums=(0, 1, 2)))(q, k, val)
+          for g, g_want in zip(grads, want_grads):
+            np.testing.assert_allclose(g, g_want, atol=1e-4)
     print("OK")
 """)
 
