@@ -6,7 +6,8 @@
 Rows are packed LLaVA-like examples (a system prompt, a few hundred image tokens, a question,
 the assistant header, an answer; padding at the end). For every length, implementation and
 mask kind it prints forward and forward+backward time (best of --reps), the compiled
-program's peak temporary memory (XLA's memory analysis of the forward+backward), and the share
+program's peak temporary memory (XLA's memory analysis of the forward+backward; one program
+serves every kind, as the kinds differ only in the ids' values, so it repeats), and the share
 of (query block, key block) pairs the implementation visits; then the ratios MMA / causal and
 implementation / dense-mask path ('xla'). Last, the train-step time ratio MMA / causal for the
 tiny model and the ~1B preset (the latter only on an accelerator).
