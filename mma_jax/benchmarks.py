@@ -207,23 +207,29 @@ MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_transla
 
 
 def mme_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """Per subtask acc (% of questions) and acc+ (% of images with every question right), score =
+  """Per subtask acc (% of questions) and acc+ (% of images with both questions right), score =
   acc + acc+; perception = sum over the 10 perception subtasks (max 2000), cognition over the
-  4 cognition subtasks (max 800; VLMEvalKit calls it 'reasoning'). Images pair by image_path."""
+  4 cognition subtasks (max 800; VLMEvalKit calls it 'reasoning'). Images pair by image_path.
+
+  MME asks exactly 2 questions per image: an image with another number (one lost to a skipped
+  row, say) counts as wrong for acc+, and `incomplete_images` counts such images."""
   by_image = collections.defaultdict(lambda: collections.defaultdict(list))
   for row in rows:
     by_image[row["category"]][row["image_path"]].append(
         yes_no(row["prediction"]) == _truth(row))
-  out = {}
+  out, incomplete = {}, 0
   for cat, images in sorted(by_image.items()):
     acc = _percent([h for hits in images.values() for h in hits])
-    acc_plus = _percent([all(hits) for hits in images.values()])
+    # One right answer alone is not "both right": acc+ needs the pair.
+    acc_plus = _percent([len(hits) == 2 and all(hits) for hits in images.values()])
+    incomplete += sum(len(hits) != 2 for hits in images.values())
     out.update({f"{cat}/acc": acc, f"{cat}/acc_plus": acc_plus, f"{cat}/score": acc + acc_plus})
   for total, cats in (("perception", MME_PERCEPTION), ("cognition", MME_COGNITION)):
     present = [c for c in cats if c in by_image]
     if present:
       out[total] = sum(out[f"{c}/score"] for c in present)
       out[f"{total}/subtasks"] = float(len(present))
+  out["incomplete_images"] = float(incomplete)
   return out
 
 
@@ -246,21 +252,40 @@ def _int_index(row: Row) -> int:
     raise ValueError(f"Circular evaluation needs integer indices; got {row['index']!r}.") from e
 
 
+def rotations(row: Row) -> int:
+  """How many rows (itself included) CircularEval expects for the question of main row `row`:
+  one per option when the options are A, B, ... in order and the answer is one of them (the
+  questions circularize rotates), else 1."""
+  opts = options(row)
+  letters = list(opts)
+  if row["answer"].strip() in opts and letters == list(string.ascii_uppercase[:len(opts)]):
+    return len(letters)
+  return 1
+
+
 def circular_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """MMBench CircularEval: a question (index g < 1e6) counts only if it and every rotated copy
-  (index g + k * 1e6) are answered right; groups are reported per the main row's categories.
-  `noncircular/overall` is the plain accuracy of the main rows alone."""
-  groups = collections.defaultdict(list)
-  main = {}
+  """MMBench CircularEval: a question g counts only if its main row (index g < 1e6) and all
+  rotations(main) - 1 copies (index g + k * 1e6) are present and answered right; groups are
+  reported per the main row's categories (a copy's when the main row is missing).
+
+  A group missing its main row or a rotation (a skipped row, a truncated table) is scored
+  wrong and counted in `incomplete_groups`: a rotation answered wrongly may be the one that is
+  missing. `noncircular/overall` is the plain accuracy of the main rows present."""
+  groups = collections.defaultdict(dict)  # g -> {k: hit}
+  first = {}  # g -> the row of its smallest k: the main row when present
   for row in rows:
-    index = _int_index(row)
-    groups[index % CIRCULAR_STRIDE].append(_mcq_hit(row))
-    if index < CIRCULAR_STRIDE:
-      main[index] = row
-  order = sorted(main)
-  out = grouped_accuracy([main[g] for g in order], [all(groups[g]) for g in order])
-  out["noncircular/overall"] = _percent([_mcq_hit(main[g]) for g in order])
+    k, g = divmod(_int_index(row), CIRCULAR_STRIDE)
+    groups[g][k] = _mcq_hit(row)
+    if g not in first or k < int(first[g]["index"]) // CIRCULAR_STRIDE:
+      first[g] = row
+  order = sorted(groups)
+  complete = {g: 0 in groups[g] and set(range(rotations(first[g]))) <= set(groups[g])
+              for g in order}
+  out = grouped_accuracy([first[g] for g in order],
+                         [complete[g] and all(groups[g].values()) for g in order])
+  out["noncircular/overall"] = _percent([groups[g][0] for g in order if 0 in groups[g]])
   out["questions"] = float(len(order))
+  out["incomplete_groups"] = float(sum(not c for c in complete.values()))
   return out
 
 
@@ -272,10 +297,10 @@ def circularize(rows: Sequence[Row]) -> list[dict[str, str]]:
   if any(_int_index(r) >= CIRCULAR_STRIDE for r in rows):
     return out
   for row in rows:
+    if rotations(row) == 1:  # nothing to rotate; circular_metrics expects no copies either
+      continue
     opts = options(row)
     letters = list(opts)
-    if row["answer"].strip() not in opts or letters != list(string.ascii_uppercase[:len(opts)]):
-      continue
     answer = letters.index(row["answer"].strip())
     for k in range(1, len(letters)):
       copy = dict(row, index=str(int(row["index"]) + k * CIRCULAR_STRIDE),
@@ -286,18 +311,19 @@ def circularize(rows: Sequence[Row]) -> list[dict[str, str]]:
 
 
 def cvbench_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """AKI's rule: right iff the stripped prediction equals the answer letter without '()'.
-  2D = mean(ADE20K, COCO accuracy), 3D = Omni3D accuracy, overall = mean(2D, 3D)."""
-  hits = [row["prediction"].strip() == row["answer"].replace("(", "").replace(")", "").strip()
-          for row in rows]
+  """AKI's rule, except that the prediction is stripped: right iff prediction.strip() ==
+  answer.strip('()'). 2D = mean(ADE20K, COCO accuracy) when both sources are present, 3D =
+  Omni3D accuracy, overall = mean(2D, 3D) only when both exist (AKI's combined score; a
+  partial table has no overall). `accuracy` is the plain share of rows right."""
+  hits = [row["prediction"].strip() == row["answer"].strip().strip("()") for row in rows]
   out = grouped_accuracy(rows, hits, ("source", "task", "type"))
-  two_d = [out[f"source/{s}"] for s in ("ADE20K", "COCO") if f"source/{s}" in out]
-  if two_d:
-    out["2d"] = float(np.mean(two_d))
+  out["accuracy"] = out.pop("overall")
+  if "source/ADE20K" in out and "source/COCO" in out:
+    out["2d"] = (out["source/ADE20K"] + out["source/COCO"]) / 2
   if "source/Omni3D" in out:
     out["3d"] = out["source/Omni3D"]
-  if "2d" in out or "3d" in out:  # else (no known source) the plain accuracy stays
-    out["overall"] = float(np.mean([out[k] for k in ("2d", "3d") if k in out]))
+  if "2d" in out and "3d" in out:
+    out["overall"] = (out["2d"] + out["3d"]) / 2
   return out
 
 
@@ -381,7 +407,8 @@ REGISTRY = {b.name: b for b in (
               "ImageYORNDataset]", YES_NO, mme_metrics, lambda r: r["question"],
               required=("index", "question", "answer", "category", "image_path"),
               vlmeval_name="MME"),
-    Benchmark("mmbench", MCQ_PROMPT, OPTION + "; CircularEval over g_index = index mod 1e6",
+    Benchmark("mmbench", MCQ_PROMPT, OPTION + "; CircularEval over g_index = index mod 1e6 "
+              "(a group missing its main row or a rotation is scored wrong: incomplete_groups)",
               circular_metrics, mcq_prompt, vlmeval_name="MMBench_DEV_EN", circular=True,
               aliases=("mmbench_dev_en", "mmbench_dev_en_v11", "mmbench_test_en")),
     Benchmark("seedbench_img", MCQ_PROMPT, OPTION, mcq_metrics, mcq_prompt,
@@ -390,7 +417,8 @@ REGISTRY = {b.name: b for b in (
               "lowercase/strip", mcq_metrics, mcq_prompt, vlmeval_name="RealWorldQA"),
     Benchmark("cvbench", "Answer with the option's letter from the given choices directly. "
               "{question}\\nOptions:\\nA. {A}\\n...\\n [AKI eval_cv_bench]",
-              "exact: prediction.strip() == answer without '(' ')' [AKI eval_cv_bench]",
+              "exact: prediction.strip() == answer.strip('()') [AKI eval_cv_bench compares "
+              "the raw prediction, without .strip()]",
               cvbench_metrics, cvbench_prompt,
               required=("index", "question", "answer", "source"), aliases=("cv-bench", "cv_bench")),
     Benchmark("scienceqa_img", MCQ_PROMPT, OPTION, mcq_metrics, mcq_prompt,

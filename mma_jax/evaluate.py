@@ -37,7 +37,7 @@ def predict(model, params, prompt_batches: Iterable, tokenizer, kind: str,
   """
   for prompt, answers, types in prompt_batches:
     tokens, lengths = decode.generate(model, params, prompt, kind=kind,
-                                      max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                      max_new_tokens=max_new_tokens, eos_id=tokenizer.stop_ids,
                                       pad_id=tokenizer.pad_id)
     tokens, lengths = distributed.to_numpy((tokens, lengths))  # also from other processes
     texts = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
@@ -76,18 +76,32 @@ def tsv_record(table: Table, bench: benchmarks.Benchmark, image_size: int, i: in
 
 
 def read_benchmark(bench: benchmarks.Benchmark, path: str, skip_bad_rows: bool,
-                   counter) -> Table:
-  """A VLMEvalKit TSV, with rotated copies added for a circular benchmark that has none."""
+                   counter) -> tuple[Table, int]:
+  """A VLMEvalKit TSV, with rotated copies added for a circular benchmark that has none.
+
+  Returns (table, orphans): for a circular benchmark, copies (index g + k * 1e6) whose main row
+  g is not in the table (absent, or skipped as bad) are dropped and counted in `orphans` (0
+  otherwise): their question cannot be scored, so they are not decoded. Rows read from the
+  file keep their own line; an added copy reports its main row's line."""
   table = vlmeval_tsv.read_table(path, bench.required, skip_bad_rows, counter)
-  if bench.circular:
-    line_of = {r["index"]: n for r, n in zip(table.rows, table.lines)}
-    rows = benchmarks.circularize(table.rows)
-    if len(rows) > len(table.rows):
-      logging.info("%s has no circular copies; added %d rotated copies.", path,
-                   len(rows) - len(table.rows))
-    table.rows = rows
-    table.lines = [line_of[str(int(r["index"]) % benchmarks.CIRCULAR_STRIDE)] for r in rows]
-  return table
+  if not bench.circular:
+    return table, 0
+  stride = benchmarks.CIRCULAR_STRIDE
+  rows = benchmarks.circularize(table.rows)  # the file's rows first, in order, then copies
+  line_of = {int(r["index"]): n for r, n in zip(table.rows, table.lines)}
+  lines = table.lines + [line_of[int(r["index"]) % stride] for r in rows[len(table.rows):]]
+  if len(rows) > len(table.rows):
+    logging.info("%s has no circular copies; added %d rotated copies.", path,
+                 len(rows) - len(table.rows))
+  mains = {int(r["index"]) for r in rows if int(r["index"]) < stride}
+  keep = [i for i, r in enumerate(rows) if int(r["index"]) % stride in mains]
+  orphans = len(rows) - len(keep)
+  if orphans:
+    logging.warning("%s: dropped %d circular copies whose main row (index mod 1e6) is not in "
+                    "the table (missing or skipped as bad); their questions are not scored.",
+                    path, orphans)
+  table.rows, table.lines = [rows[i] for i in keep], [lines[i] for i in keep]
+  return table, orphans
 
 
 def default_data_path(bench: benchmarks.Benchmark) -> str:
@@ -162,6 +176,7 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
   config_lib.validate(config)
   bench = benchmarks.get(benchmark)
   counter = grain_pipeline.SkipCounter()
+  extra = {}  # read-time counts for the results JSON
   task = task_lib.Task(config, workdir)
   if bench.build_prompt is None:
     if config.data.source != "shapes":
@@ -170,7 +185,9 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
     table, record_of = synthetic_table(task)
   else:
     data = data or default_data_path(bench)
-    table = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
+    table, orphans = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
+    if bench.circular:
+      extra["dropped_circular_copies"] = orphans
     record_of = lambda i: tsv_record(table, bench, task.image_size, i)
   model_cfg = train._model_config(config, task.tokenizer.vocab_size)
   model = vlm.VLM(model_cfg)
@@ -200,7 +217,8 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
       checkpoint_step=step, predictions=tsv_path,
       decoding={"method": "greedy", "max_new_tokens": config.eval.max_new_tokens,
                 "mask": config.mask, "order": task.eval_order(),
-                "prompt_length": config.eval.prompt_length, "image_size": task.image_size})
+                "prompt_length": config.eval.prompt_length, "image_size": task.image_size},
+      **extra)
   if jax.process_index() == 0:  # every process holds all predictions; one writes them
     vlmeval_tsv.write_predictions(tsv_path, table.columns, rows)
     with open(os.path.join(out, f"{bench.name}_results.json"), "w") as f:
@@ -219,8 +237,11 @@ def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False) ->
 
 def format_results(results: dict) -> str:
   """The prompt and extraction rule, then one line per metric."""
+  dropped = results.get("dropped_circular_copies")
   lines = [f"benchmark   {results['benchmark']} ({results['rows']} rows scored, "
-           f"{results['skipped_rows']} bad rows skipped)",
+           f"{results['skipped_rows']} bad rows skipped"
+           + (f", {dropped} circular copies without their main row dropped" if dropped else "")
+           + ")",
            f"prompt      {results['prompt']}", f"extraction  {results['extraction']}"]
   width = max((len(k) for k in results["metrics"]), default=0)
   lines += [f"  {k:<{width}}  {v:.3f}" for k, v in results["metrics"].items()]

@@ -81,6 +81,19 @@ def test_mme_acc_acc_plus_and_totals():
   assert m["code_reasoning/score"] == 200 and m["OCR/score"] == 0
   assert m["perception"] == 125 and m["perception/subtasks"] == 2
   assert m["cognition"] == 200 and m["cognition/subtasks"] == 1
+  assert m["incomplete_images"] == 0
+
+
+def test_mme_image_that_lost_a_question_is_not_acc_plus():
+  m = bm.mme_metrics(rows(
+      {"answer": "Yes", "prediction": "Yes", "image_path": "a"},  # its 'No' question is gone
+      {"answer": "Yes", "prediction": "Yes", "image_path": "b"},
+      {"answer": "No", "prediction": "No", "image_path": "b"},
+      {"answer": "No", "prediction": "No", "image_path": "c"},  # three questions: not MME's
+      {"answer": "No", "prediction": "No", "image_path": "c"},
+      {"answer": "No", "prediction": "No", "image_path": "c"}, category="color"))
+  assert m["color/acc"] == 100 and m["color/acc_plus"] == pytest.approx(100 / 3)
+  assert m["incomplete_images"] == 2
 
 
 def mcq(index, answer, category, **opts):
@@ -113,6 +126,28 @@ def test_circular_evaluation_with_an_inconsistent_answerer():
   assert vanilla["overall"] == pytest.approx(100 * 5 / 8)
 
 
+def test_circular_groups_missing_a_rotation_or_the_main_row_are_wrong_and_counted():
+  table = bm.circularize([mcq(1, "B", "x", A="cat", B="dog", C="bird"),
+                          mcq(2, "A", "x", A="red", B="blue", C="green"),
+                          mcq(3, "A", "y", A="sun", B="moon", C="star")])
+  assert [bm.rotations(r) for r in table[:3]] == [3, 3, 3]
+  assert bm.rotations(mcq(4, "E", "x", A="a", B="b")) == 1  # answer not an option: no copies
+  right = {r["index"]: dict(r, prediction=r["answer"]) for r in table}
+  # 1: complete, all right. 2: the one wrong rotation was lost (a skipped row). 3: copies only.
+  answered = [right[i] for i in ("1", "1000001", "2000001", "2", "1000002", "1000003",
+                                 "2000003")]
+  m = bm.circular_metrics(answered)
+  assert m["questions"] == 3 and m["incomplete_groups"] == 2
+  assert m["overall"] == pytest.approx(100 / 3)  # only question 1 counts as right
+  assert m["category/x"] == 50 and m["category/y"] == 0  # 3 reported by its copies' category
+  assert m["noncircular/overall"] == 100  # main rows 1 and 2, both right
+  complete = bm.circular_metrics(list(right.values()))
+  assert complete["overall"] == 100 and complete["incomplete_groups"] == 0
+  # A question that cannot be rotated is complete alone (circularize adds no copies).
+  lone = bm.circular_metrics([dict(mcq(4, "A", "x", A="a", B="b", D="d"), prediction="A")])
+  assert lone["overall"] == 100 and lone["incomplete_groups"] == 0
+
+
 def test_mcq_cvbench_vqa_gqa_and_synthetic():
   m = bm.mcq_metrics([
       dict(mcq(1, "A", "x", A="cat", B="dog"), prediction="A", split="dev"),
@@ -130,6 +165,13 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
       {"answer": "(B)", "prediction": "C", "source": "Omni3D"}])
   assert (cv["source/ADE20K"], cv["source/COCO"], cv["source/Omni3D"]) == (50, 100, 50)
   assert (cv["2d"], cv["3d"], cv["overall"]) == (75, 50, 62.5)
+  assert cv["accuracy"] == 60  # the plain share of rows, named apart from AKI's overall
+  only_2d = bm.cvbench_metrics([{"answer": "(A)", "prediction": "A", "source": "ADE20K"},
+                                {"answer": "(A)", "prediction": "B", "source": "COCO"}])
+  assert only_2d["2d"] == 50 and "3d" not in only_2d and "overall" not in only_2d
+  only_ade = bm.cvbench_metrics([{"answer": "(A)", "prediction": "A", "source": "ADE20K"}])
+  assert "2d" not in only_ade and only_ade["accuracy"] == 100
+  assert "strip()" in bm.get("cvbench").extraction and "raw" in bm.get("cvbench").extraction
 
   vqa = bm.vqa_metrics([
       {"answer": str(["red"] * 3 + ["blue"] * 7), "prediction": "Red", "answer_type": "other"},

@@ -89,7 +89,8 @@ def test_bad_rows_stop_decoding_with_file_and_row_or_are_counted(tmp_path):
   config = make_config("")
   config.eval.prompt_length = 30  # one question in the fixture is too long for it
   data = pope_fixture(tmp_path / "pope.tsv", bad_image=True)
-  table = evaluate.read_benchmark(bm.get("pope"), data, False, None)
+  table, orphans = evaluate.read_benchmark(bm.get("pope"), data, False, None)
+  assert orphans == 0
   table.rows[2]["question"] = "is there " * 20
   encode = evaluate.prompt_encoder(vocab.shapes_tokenizer(), 4, "I&T", 16)
   record_of = lambda i: evaluate.tsv_record(table, bm.get("pope"), 16, i)
@@ -105,6 +106,37 @@ def test_bad_rows_stop_decoding_with_file_and_row_or_are_counted(tmp_path):
   config.eval.batch_size, config.eval.skip_bad_rows = 1, True
   table.rows = table.rows[3:]  # the bad row alone: skipped, so nothing is decoded
   assert decode() == {} and counter.count == 1
+
+
+MMBENCH = ["index", "image", "question", "answer", "category", "A", "B"]
+
+
+def test_mmbench_table_with_copies_keeps_file_lines_and_drops_orphan_copies(tmp_path):
+  img = image_b64(RED)
+  good = {"image": img, "question": "Colour?", "category": "c"}
+  rows = [dict(good, index=1, answer="A", A="red", B="blue"),
+          ["2", img, "Colour?"],  # main row 2 has too few fields: bad
+          dict(good, index=1000001, answer="B", A="blue", B="red"),
+          dict(good, index=1000002, answer="A", A="blue", B="red"),
+          dict(good, index=3000005, answer="A", A="blue", B="red")]  # no main row 5 at all
+  data = write_tsv(tmp_path / "mmbench.tsv", MMBENCH, rows)
+  with pytest.raises(BadRow, match=r"mmbench.tsv line 3: the row has fewer fields"):
+    evaluate.read_benchmark(bm.get("mmbench"), data, False, None)
+  counter = grain_pipeline.SkipCounter()
+  table, orphans = evaluate.read_benchmark(bm.get("mmbench"), data, True, counter)
+  assert counter.count == 1 and orphans == 2  # 1000002 (main skipped) and 3000005 (absent)
+  assert [r["index"] for r in table.rows] == ["1", "1000001"]  # copies kept: none added
+  assert table.lines == [2, 4]  # each row's own line in the file, not its main row's
+  assert table.where(1).endswith("mmbench.tsv line 4 (index 1000001)")
+
+  # A table without copies: the added copies report their main row's line.
+  data = write_tsv(tmp_path / "plain.tsv", MMBENCH, [
+      dict(good, index=7, answer="B", A="red", B="blue"),
+      dict(good, index=8, answer="A", A="red", B="blue")])
+  table, orphans = evaluate.read_benchmark(bm.get("mmbench"), data, False, None)
+  assert orphans == 0
+  assert [(r["index"], n) for r, n in zip(table.rows, table.lines)] == [
+      ("7", 2), ("8", 3), ("1000007", 2), ("1000008", 3)]
 
 
 def test_cli_on_a_fixture_tsv_then_rescoring_without_a_model(trained, tmp_path):

@@ -76,6 +76,17 @@ def _counts(n: int, proportions: list[int]) -> list[int]:
   return out
 
 
+def _int_proportions(weights: list[float]) -> list[int]:
+  """Integer proportions, smallest exactly 100, that grain.MapDataset.mix uses unchanged.
+
+  grain rescales whatever it gets by 100 / min and truncates; int(w * 100 / min) can give 99
+  for the smallest weight, and then grain's draws disagree with the counts computed here.
+  With integers whose minimum is 100 its scale factor is exactly 1.0, so both agree.
+  """
+  smallest = min(weights)
+  return [max(100, round(w / smallest * 100)) for w in weights]  # w / w == 1.0 exactly
+
+
 def mix(datasets: list[grain.MapDataset], weights: list[float], seed: int) -> grain.MapDataset:
   """The finite weighted mixture of the module docstring."""
   for ds in datasets:
@@ -84,8 +95,7 @@ def mix(datasets: list[grain.MapDataset], weights: list[float], seed: int) -> gr
                        "config.data.mixture.")
   if len(datasets) == 1:
     return datasets[0]
-  # Integer proportions as grain makes them (smallest -> 100), so the length is exact.
-  props = [int(w * 100 / min(weights)) for w in weights]
+  props = _int_proportions(weights)
   total, sizes = sum(props), [len(ds) for ds in datasets]
   length = max(math.ceil(n * total / p) for n, p in zip(sizes, props))
   while short := [math.ceil((n - c) * total / p)

@@ -69,19 +69,50 @@ def llava_fixture(tmp):
 def test_llava_keeps_multi_turn_whole_and_several_images(tmp_path):
   path, img = llava_fixture(tmp_path)
   out = str(tmp_path / "out")
-  report = import_source("llava150k", [path], img, out)
+  report = import_source("llava", [path], img, out)
   assert report.written == 4 and not report.skipped
-  got = imported(out, "llava150k")
-  m1 = got["llava150k-m1"]
+  got = imported(out, "llava")
+  m1 = got["llava-m1"]
   assert [m["from"] for m in m1["conversations"]] == ["human", "gpt"] * 2
   assert m1["conversations"][3]["value"] == "top left" and m1["task_type"] == "conversation"
-  m2 = got["llava150k-m2"]
+  m2 = got["llava-m2"]
   assert m2["image"] == ["a.png", "sub/b.png"] and len(m2["images"]) == 2
   # Stored bytes are the files' own bytes; decoding gives the drawn pixels back (PNG).
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(m2["images"][1]))),
                                 np.asarray(Image.open(f"{img}/sub/b.png")))
-  assert got["llava150k-t1"]["image"] == [] and got["llava150k-t1"]["images"] == []
-  assert human(got["llava150k-n1"]) == "<image>\nColour?" and gpt(got["llava150k-n1"]) == "red"
+  assert got["llava-t1"]["image"] == [] and got["llava-t1"]["images"] == []
+  assert human(got["llava-n1"]) == "<image>\nColour?" and gpt(got["llava-n1"]) == "red"
+
+
+def test_llava150k_splits_each_pair_into_its_own_sample_with_the_image(tmp_path):
+  """AKI's LLaVAInstructDataset: one single-turn sample per human/gpt pair, <image> in each."""
+  draw(f"{tmp_path}/coco/000000000001.jpg")
+  path = write_json(f"{tmp_path}/llava_instruct_150k.json", [
+      {"id": "000000000001", "image": "000000000001.jpg", "conversations": [
+          {"from": "human", "value": "What is red?\n<image>"}, {"from": "gpt", "value": "box"},
+          {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "top left"},
+          {"from": "human", "value": "<image>\nAnd the rest?"}, {"from": "gpt", "value": "grey"}]},
+      {"id": "t1", "conversations": [{"from": "user", "value": "Say hi."},
+                                     {"from": "assistant", "value": "hi"}]},
+      {"id": "odd", "image": "000000000001.jpg", "conversations": [
+          {"from": "gpt", "value": "no question first"}, {"from": "human", "value": "?"}]}])
+  out = str(tmp_path / "out")
+  with pytest.raises(records.BadRow, match=r"llava_instruct_150k.json row 2: malformed row: "
+                     r".*not human/gpt pairs"):
+    import_source("llava150k", [path], f"{tmp_path}/coco", out)
+  report = import_source("llava150k", [path], f"{tmp_path}/coco", out, skip_bad=True)
+  assert report.written == 4 and report.skipped == {records.MALFORMED_ROW: 1}
+  got = imported(out, "llava150k")
+  assert sorted(got) == ["llava150k-000000000001-0", "llava150k-000000000001-1",
+                         "llava150k-000000000001-2", "llava150k-t1-0"]
+  pairs = [(human(got[f"llava150k-000000000001-{k}"]), gpt(got[f"llava150k-000000000001-{k}"]))
+           for k in range(3)]
+  assert pairs == [("<image>\nWhat is red?", "box"), ("<image>\nWhere?", "top left"),
+                   ("<image>\nAnd the rest?", "grey")]
+  for k in range(3):
+    r = got[f"llava150k-000000000001-{k}"]
+    assert len(r["conversations"]) == 2 and r["image"] == ["000000000001.jpg"]
+  assert human(got["llava150k-t1-0"]) == "Say hi." and got["llava150k-t1-0"]["image"] == []
 
 
 def test_vqa_style_sources_use_the_short_answer_template(tmp_path):
@@ -164,6 +195,119 @@ def test_multiple_choice_sources_letter_the_shuffled_options(tmp_path):
   import_source("scienceqa", [p], f"{sq}/images", out, split="validation")
   assert sorted(imported(out, "scienceqa", "validation")) == ["scienceqa-3"]
   assert len(imported(out, "scienceqa")) == 2  # the train split is still there
+
+
+def test_several_input_files_are_all_imported_with_unique_ids(tmp_path):
+  coco, out = str(tmp_path / "coco"), str(tmp_path / "out")
+  for sub, i in (("train2014", 9), ("val2014", 8)):
+    draw(f"{coco}/{sub}/COCO_{sub}_{i:012d}.jpg")
+  draw(f"{coco}/train2017/{7:012d}.jpg")
+  draw(f"{coco}/val2017/{6:012d}.jpg")
+  # One kind of file: every file's rows come in.
+  g = [write_json(f"{tmp_path}/gqa/{name}.json", {qid: {"imageId": "n1", "question": "Red?",
+                                                        "answer": "yes"}})
+       for name, qid in (("train_balanced_questions", "q1"), ("val_balanced_questions", "q2"))]
+  draw(f"{tmp_path}/gqa/images/n1.jpg")
+  import_source("gqa", g, f"{tmp_path}/gqa/images", out)
+  assert sorted(imported(out, "gqa")) == ["gqa-q1", "gqa-q2"]
+  # Ids from row positions carry the file name when there are several files.
+  v = [write_json(f"{tmp_path}/vsr/{name}.jsonl", [
+      {"image_link": f"x/{sub}/{i:012d}.jpg", "caption": "A cat is on a mat.", "label": 1}])
+       for name, sub, i in (("train-random", "train2017", 7), ("dev-random", "val2017", 6))]
+  import_source("vsr", v, coco, out)
+  assert sorted(imported(out, "vsr")) == ["vsr-dev-random-1", "vsr-train-random-1"]
+  a = [write_json(f"{tmp_path}/aokvqa_v1p0_{split}.json", [
+      {"question_id": f"qa-{split}", "image_id": i, "split": split, "question": "What?",
+       "choices": ["cat", "dog"], "correct_choice_idx": 0}])
+       for split, i in (("train", 7), ("val", 6))]
+  import_source("aokvqa", a, coco, out)
+  assert sorted(imported(out, "aokvqa")) == ["aokvqa-qa-train", "aokvqa-qa-val"]
+  draw(f"{tmp_path}/ocr/k1.png")
+  o = [write_json(f"{tmp_path}/ocr/{name}.json", {key: {
+      "imageURL": "http://x/k1.png", "questions": ["Title?"], "answers": ["Dune"], "split": 1}})
+       for name, key in (("part1", "k1"), ("part2", "k2"))]
+  draw(f"{tmp_path}/ocr/k2.png")
+  import_source("ocrvqa", o, f"{tmp_path}/ocr", out)
+  assert sorted(imported(out, "ocrvqa")) == ["ocrvqa-k1-0", "ocrvqa-k2-0"]
+  sq = [write_json(f"{tmp_path}/sq/{name}.json", {pid: {
+      "question": "2+2?", "choices": ["4", "5"], "answer": 0, "hint": "", "image": None,
+      "split": "train"}}) for name, pid in (("problems", "1"), ("more_problems", "2"))]
+  import_source("scienceqa", sq, f"{tmp_path}/sq", out)
+  assert sorted(imported(out, "scienceqa")) == ["scienceqa-1", "scienceqa-2"]
+  draw(f"{coco}/train2014/COCO_train2014_{5:012d}.jpg", size=(200, 100))
+  m = [write_json(f"{tmp_path}/mdetr/finetune_refcoco_{split}.json", {  # both use id 0
+      "images": [{"id": 0, "file_name": "COCO_train2014_000000000005.jpg", "width": 200,
+                  "height": 100, "caption": split}],
+      "annotations": [{"id": 0, "image_id": 0, "bbox": [10, 20, 50, 30]}]})
+       for split in ("train", "val")]
+  import_source("refcoco", m, coco, out)
+  got = imported(out, "refcoco")
+  assert sorted(got) == ["refcoco-finetune_refcoco_train-0", "refcoco-finetune_refcoco_val-0"]
+  assert gpt(got["refcoco-finetune_refcoco_val-0"]) == "val"
+
+  # Two kinds of file: QUESTIONS ANNOTATIONS pairs.
+  vqa = []
+  for sub, i in (("train2014", 9), ("val2014", 8)):
+    vqa.append(write_json(f"{tmp_path}/VQA/v2_OpenEnded_mscoco_{sub}_questions.json",
+                          {"data_subtype": sub, "questions": [
+                              {"question_id": i * 10, "image_id": i, "question": "How many?"}]}))
+    vqa.append(write_json(f"{tmp_path}/VQA/v2_mscoco_{sub}_annotations.json", {"annotations": [
+        {"question_id": i * 10, "image_id": i, "multiple_choice_answer": str(i)}]}))
+  import_source("vqav2", vqa, coco, out)
+  got = imported(out, "vqav2")
+  assert sorted(got) == ["vqav2-80", "vqav2-90"]
+  assert got["vqav2-80"]["image"] == ["val2014/COCO_val2014_000000000008.jpg"]
+  with pytest.raises(ValueError, match=r"vqav2: --input got 3 files; pass QUESTIONS.json alone "
+                     r".*or pairs 'QUESTIONS.json ANNOTATIONS.json'"):
+    import_source("vqav2", vqa[:3], coco, out)
+  with pytest.raises(ValueError, match=r"val2014_questions.json is not a VQAv2 annotations "
+                     r"file"):
+    import_source("vqav2", [vqa[0], vqa[2]], coco, out)  # two question files
+  vg = []
+  for k in (1, 2):
+    draw(f"{tmp_path}/vg/VG_100K/{k}.jpg", size=(100, 100))
+    vg.append(write_json(f"{tmp_path}/vg/part{k}/region_descriptions.json", [{"id": k, "regions": [
+        {"region_id": 10 + k, "image_id": k, "x": 0, "y": 0, "width": 50, "height": 50,
+         "phrase": "sky"}]}]))
+    vg.append(write_json(f"{tmp_path}/vg/part{k}/image_data.json", [
+        {"image_id": k, "width": 100, "height": 100, "url": f"http://x/VG_100K/{k}.jpg"}]))
+  import_source("vg", vg, f"{tmp_path}/vg", out)
+  assert sorted(imported(out, "vg")) == ["vg-11", "vg-12"]
+  with pytest.raises(ValueError, match=r"vg: --input got 3 files"):
+    import_source("vg", vg[:3], f"{tmp_path}/vg", out)
+  with pytest.raises(ValueError, match=r"part2/region_descriptions.json is not VG's "
+                     r"image_data.json"):
+    import_source("vg", [vg[0], vg[2]], f"{tmp_path}/vg", out)
+  with pytest.raises(ValueError, match=r"--input names .*train_balanced_questions.json twice"):
+    import_source("gqa", [g[0], g[0]], f"{tmp_path}/gqa/images", out)
+
+
+def test_rows_of_other_splits_are_counted_and_a_bad_split_is_named(tmp_path):
+  draw(f"{tmp_path}/ocr/k1.png")
+  o = write_json(f"{tmp_path}/ocr/dataset.json", {
+      "k1": {"imageURL": "http://x/k1.png", "questions": ["Title?"], "answers": ["Dune"],
+             "split": 1},
+      "k2": {"imageURL": "http://x/k2.jpg", "questions": ["Title?"], "answers": ["X"],
+             "split": 3},
+      "k3": {"imageURL": "http://x/k3.jpg", "questions": ["Title?"], "answers": ["Y"],
+             "split": 2}})
+  out = str(tmp_path / "out")
+  report = import_source("ocrvqa", [o], f"{tmp_path}/ocr", out)  # not --skip_bad: no error
+  assert report.written == 1 and report.skipped == {"other split": 2}
+  assert "dataset.json key 'k2': other split: split 3" in report.first["other split"]
+  assert "skipped 2: other split" in report.summary()
+  with pytest.raises(ValueError, match=r"ocrvqa: --split='dev' is not an OCR-VQA split; use "
+                     r"one of \['test', 'train', 'val', 'validation'\]"):
+    import_source("ocrvqa", [o], f"{tmp_path}/ocr", out, split="dev")
+  p = write_json(f"{tmp_path}/sq/problems.json", {
+      "1": {"question": "?", "choices": ["4", "5"], "answer": 0, "hint": "", "image": None,
+            "split": "train"},
+      "2": {"question": "?", "choices": ["4", "5"], "answer": 0, "hint": "", "image": None,
+            "split": "test"}})
+  report = import_source("scienceqa", [p], f"{tmp_path}/sq", out, split="test")
+  assert report.written == 1 and report.skipped == {"other split": 1}
+  saved = json.load(open(os.path.join(out, "scienceqa", "import_report-test.json")))
+  assert saved["skipped"] == {"other split": 1}
 
 
 def test_region_sources_write_normalized_boxes(tmp_path):

@@ -14,9 +14,10 @@ from typing import Iterator
 
 from mma_jax.data import records, tfds_records
 from mma_jax.data.importers import llava, sources, webdataset
-from mma_jax.data.importers.common import Example, Report
+from mma_jax.data.importers.common import Example, LeftOut, Report
 
-# name -> (importer(inputs, images, split, source) -> Iterator[Example | BadRow], needs --images)
+# name -> (importer(inputs, images, split, source) -> Iterator[Example | BadRow | LeftOut],
+#          needs --images)
 SOURCES = {
     "vqav2": (sources.vqav2, True),
     "gqa": (sources.gqa, True),
@@ -28,7 +29,7 @@ SOURCES = {
     "refcoco+": (sources.refcoco, True),
     "refcocog": (sources.refcoco, True),
     "vg": (sources.vg, True),
-    "llava150k": (llava.llava, True),
+    "llava150k": (llava.llava150k, True),
     "llava": (llava.llava, True),
     "webdataset": (webdataset.webdataset, False),
 }
@@ -52,6 +53,9 @@ def _checked(items, images: str | None, report: Report, skip_bad: bool, limit: i
   for item in items:
     if limit and report.written >= limit:
       return
+    if isinstance(item, LeftOut):  # not a bad row: counted, --skip_bad or not
+      report.skip(item)
+      continue
     try:
       if isinstance(item, records.BadRow):
         raise item
@@ -81,7 +85,7 @@ def import_source(source: str, inputs: list[str], images: str | None, out: str, 
     inputs: the source's released files (see each importer's docstring).
     images: the image root the source's paths are relative to (None for webdataset).
     split: the split written ('train', 'validation', 'test'); sources that hold several
-      splits in one file keep only its rows.
+      splits in one file keep only its rows (the others are counted as 'other split').
     limit: stop after this many records (0 = all).
     max_side: re-encode images whose longer side is larger (0 = store the file's bytes).
     report: filled in as rows go (pass one to read the counts after an error).
@@ -93,6 +97,11 @@ def import_source(source: str, inputs: list[str], images: str | None, out: str, 
                      "relative to).")
   if not inputs:
     raise ValueError(f"Source {source!r} needs --input (see its importer's docstring).")
+  seen = set()
+  for path in inputs:
+    if os.path.abspath(path) in seen:  # its rows would be imported twice, under the same ids
+      raise ValueError(f"Source {source!r}: --input names {path} twice; pass each file once.")
+    seen.add(os.path.abspath(path))
   out_dir = os.path.join(out, name or source)
   report = report or Report(name or source, split, out_dir)
   items = _rows(source, list(inputs), images, split)

@@ -26,6 +26,21 @@ class Example:
   images: list[bytes] | None = None
 
 
+@dataclasses.dataclass
+class LeftOut:
+  """A good row deliberately not imported (e.g. one of another split): counted in the report
+  under `reason` whatever --skip_bad says, never an error."""
+  reason: str
+  detail: str
+  where: str = ""
+
+  def __str__(self) -> str:
+    return f"{self.where}: {self.reason}: {self.detail}"
+
+
+OTHER_SPLIT = "other split"
+
+
 def load_json(path: str):
   """A whole JSON file; an unreadable file is an error naming it (no row to skip)."""
   try:
@@ -64,8 +79,10 @@ def rows(path: str, items=None, label: str = "row") -> Iterator[tuple[str, objec
                      f"{type(items).__name__}; check --input.")
 
 
-def guard(where: str, build: Callable[[], list[dict]]) -> Iterator[Example | BadRow]:
-  """The records build() makes from one row, or one BadRow(MALFORMED_ROW) naming the row."""
+def guard(where: str, build: Callable[[], list[dict] | LeftOut]
+          ) -> Iterator[Example | BadRow | LeftOut]:
+  """The records build() makes from one row, or one BadRow(MALFORMED_ROW) naming the row, or
+  the LeftOut build() returns, placed at the row."""
   try:
     made = build()
   except BadRow as e:
@@ -74,12 +91,15 @@ def guard(where: str, build: Callable[[], list[dict]]) -> Iterator[Example | Bad
   except MALFORMED_ERRORS as e:
     yield BadRow(where, MALFORMED_ROW, f"{type(e).__name__}: {e}")
     return
+  if isinstance(made, LeftOut):
+    yield dataclasses.replace(made, where=where)
+    return
   for record in made:
     yield Example(where, record)
 
 
-def examples(path: str, make: Callable[[object, object], list[dict]], items=None,
-             label: str = "row") -> Iterator[Example | BadRow]:
+def examples(path: str, make: Callable[[object, object], list[dict] | LeftOut], items=None,
+             label: str = "row") -> Iterator[Example | BadRow | LeftOut]:
   """guard(make(key, row)) over rows(path, items)."""
   for where, key, row in rows(path, items, label):
     if isinstance(row, BadRow):
@@ -97,7 +117,7 @@ class Report:
     self.skipped: collections.Counter[str] = collections.Counter()
     self.first: dict[str, str] = {}
 
-  def skip(self, error: BadRow) -> None:
+  def skip(self, error: BadRow | LeftOut) -> None:
     self.skipped[error.reason] += 1
     self.first.setdefault(error.reason, str(error))
 

@@ -5,6 +5,11 @@ template by chat.encode; the image tag leads the first human turn. Image paths a
 --images; the layout each source expects there is in its function's docstring. Options of
 multiple-choice sources are shuffled once, at import, seeded by the question id (AKI shuffles
 them again each epoch).
+
+--input may name several files (e.g. train and val question files): sources with one kind of
+file import the rows of every file; ids made from row positions (VSR) or per-file ids (MDETR's
+RefCOCO image ids) then carry the file name, so ids stay unique. VQAv2 and Visual Genome take
+their two files in pairs.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import random
 import re
 from typing import Iterator
 
-from mma_jax.data.importers.common import Example, examples, guard, load_json, rows
+from mma_jax.data.importers.common import (OTHER_SPLIT, Example, LeftOut, examples, guard,
+                                           load_json, rows)
 from mma_jax.data.records import MALFORMED_ROW, BadRow
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -53,9 +59,29 @@ def bbox_text(x: float, y: float, w: float, h: float, width: float, height: floa
   return f"<bbox>[{x1:.3f}, {y1:.3f}][{x2:.3f}, {y2:.3f}]</bbox>"
 
 
-def _second(inputs: list[str], name: str) -> str:
-  """The second input file, by default `name` beside the first."""
-  return inputs[1] if len(inputs) > 1 else os.path.join(os.path.dirname(inputs[0]), name)
+def _file_tags(inputs: list[str]) -> list[str]:
+  """Per --input file, the id prefix that keeps per-file ids unique across files: '' for one
+  file (the ids a single import gives), else the file name without extension ('train-random-'),
+  or the file's position where names repeat."""
+  if len(inputs) == 1:
+    return [""]
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
+  if len(set(stems)) < len(stems):
+    stems = [str(k) for k in range(len(inputs))]
+  return [f"{s}-" for s in stems]
+
+
+def _pairs(inputs: list[str], source: str, first: str, second: str,
+           default_second) -> list[tuple[str, str]]:
+  """(first, second) file pairs: one file (its partner default_second(first) beside it) or
+  FIRST SECOND [FIRST SECOND ...]."""
+  if len(inputs) == 1:
+    return [(inputs[0], default_second(inputs[0]))]
+  if len(inputs) % 2:
+    raise ValueError(f"{source}: --input got {len(inputs)} files; pass {first} alone (its "
+                     f"{second} beside it) or pairs '{first} {second}' in that order, one pair "
+                     f"per split: {inputs}.")
+  return list(zip(inputs[::2], inputs[1::2]))
 
 
 def _coco_path(file_name: str) -> str:
@@ -66,31 +92,45 @@ def _coco_path(file_name: str) -> str:
 
 def vqav2(inputs, images, split, source) -> Iterator[Example | BadRow]:
   """VQAv2: --input v2_OpenEnded_mscoco_train2014_questions.json [v2_mscoco_train2014_
-  annotations.json (default: beside it)]; --images: the COCO root (train2014/COCO_train2014_
-  {image_id:012}.jpg). Answer: multiple_choice_answer."""
+  annotations.json (default: beside it)], or several such QUESTIONS ANNOTATIONS pairs (e.g.
+  train2014 and val2014); --images: the COCO root ({subtype}/COCO_{subtype}_{image_id:012}.jpg).
+  Answer: multiple_choice_answer."""
   del images, split
-  questions = load_json(inputs[0])
-  sub = questions["data_subtype"]
-  ann_path = _second(inputs, f"v2_mscoco_{sub}_annotations.json")
-  answers = {a["question_id"]: a["multiple_choice_answer"]
-             for a in load_json(ann_path)["annotations"]}
+  loaded = {}  # the questions file is read once, for its subtype and then its rows
 
-  def make(_, q):
-    if q["question_id"] not in answers:
-      raise KeyError(f"question_id {q['question_id']} has no annotation in {ann_path}")
-    return [qa_record(source, "vqa", q["question_id"],
-                      [f"{sub}/COCO_{sub}_{int(q['image_id']):012d}.jpg"],
-                      f"{SHORT_ANSWER} {q['question']}", answers[q["question_id"]])]
-  return examples(inputs[0], make, questions["questions"], "questions")
+  def beside(q_path):
+    loaded[q_path] = load_json(q_path)
+    sub = loaded[q_path]["data_subtype"]
+    return os.path.join(os.path.dirname(q_path), f"v2_mscoco_{sub}_annotations.json")
+
+  for q_path, ann_path in _pairs(inputs, source, "QUESTIONS.json", "ANNOTATIONS.json", beside):
+    questions = loaded.pop(q_path, None) or load_json(q_path)
+    sub = questions["data_subtype"]
+    annotations = load_json(ann_path)
+    if not isinstance(annotations, dict) or "annotations" not in annotations:
+      raise ValueError(f"{source}: {ann_path} is not a VQAv2 annotations file (no "
+                       "'annotations'); --input takes QUESTIONS.json ANNOTATIONS.json pairs, "
+                       "in that order.")
+    answers = {a["question_id"]: a["multiple_choice_answer"]
+               for a in annotations["annotations"]}
+
+    def make(_, q, sub=sub, answers=answers, ann_path=ann_path):
+      if q["question_id"] not in answers:
+        raise KeyError(f"question_id {q['question_id']} has no annotation in {ann_path}")
+      return [qa_record(source, "vqa", q["question_id"],
+                        [f"{sub}/COCO_{sub}_{int(q['image_id']):012d}.jpg"],
+                        f"{SHORT_ANSWER} {q['question']}", answers[q["question_id"]])]
+    yield from examples(q_path, make, questions["questions"], "questions")
 
 
 def gqa(inputs, images, split, source):
-  """GQA: --input train_balanced_questions.json (qid -> {imageId, question, answer});
-  --images: GQA/images ({imageId}.jpg)."""
+  """GQA: --input train_balanced_questions.json ... (qid -> {imageId, question, answer}; qids
+  are unique across GQA's files); --images: GQA/images ({imageId}.jpg)."""
   del images, split
-  return examples(inputs[0], lambda qid, q: [qa_record(
-      source, "vqa", qid, [f"{q['imageId']}.jpg"], f"{SHORT_ANSWER} {q['question']}",
-      q["answer"])])
+  for path in inputs:
+    yield from examples(path, lambda qid, q: [qa_record(
+        source, "vqa", qid, [f"{q['imageId']}.jpg"], f"{SHORT_ANSWER} {q['question']}",
+        q["answer"])])
 
 
 def vsr_question(caption: str) -> str:
@@ -103,47 +143,56 @@ def vsr_question(caption: str) -> str:
 
 
 def vsr(inputs, images, split, source):
-  """VSR: --input train-random.jsonl ({image_link, caption, label}); --images: the COCO root
-  (train2017/, val2017/: the last two parts of image_link)."""
+  """VSR: --input train-random.jsonl ... ({image_link, caption, label}); --images: the COCO
+  root (train2017/, val2017/: the last two parts of image_link). Ids are line numbers, with
+  the file name in front when several files are given (vsr-train-random-3)."""
   del images, split
 
-  def make(n, row):
+  def make(tag, n, row):
     link = row.get("image_link") or row["image"]
     path = "/".join(link.split("/")[-2:]) if "/" in link else link
     label = row["label"]
     if label not in (0, 1, True, False):
       raise ValueError(f"label must be 0 or 1, got {label!r}")
-    return [qa_record(source, "vqa", n, [path],
+    return [qa_record(source, "vqa", f"{tag}{n}", [path],
                       f"{SHORT_ANSWER} {vsr_question(row['caption'])} {YES_NO}",
                       "yes" if label else "no")]
-  return examples(inputs[0], make)
+  for path, tag in zip(inputs, _file_tags(inputs)):
+    yield from examples(path, lambda n, row, tag=tag: make(tag, n, row))
 
 
 _OCRVQA_SPLITS = {"train": 1, "validation": 2, "val": 2, "test": 3}
 
 
 def ocrvqa(inputs, images, split, source):
-  """OCR-VQA: --input dataset.json (key -> {imageURL, questions, answers, split: 1 train, 2 val,
-  3 test}; only rows of --split are kept); --images: the folder of {key}{ext of imageURL}.
-  One record per question."""
+  """OCR-VQA: --input dataset.json ... (key -> {imageURL, questions, answers, split: 1 train,
+  2 val, 3 test}; only rows of --split are kept, the others counted as 'other split');
+  --images: the folder of {key}{ext of imageURL}. One record per question."""
   del images
+  if split not in _OCRVQA_SPLITS:
+    raise ValueError(f"{source}: --split={split!r} is not an OCR-VQA split; use one of "
+                     f"{sorted(_OCRVQA_SPLITS)} (dataset.json's split 1 = train, 2 = "
+                     "validation/val, 3 = test).")
   want = _OCRVQA_SPLITS[split]
 
   def make(key, row):
     if row["split"] != want:
-      return []
+      return LeftOut(OTHER_SPLIT, f"split {row['split']!r}, importing --split={split} "
+                     f"({want})")
     qs, ans = row["questions"], row["answers"]
     if len(qs) != len(ans):
       raise ValueError(f"{len(qs)} questions but {len(ans)} answers")
     ext = os.path.splitext(row["imageURL"])[1] or ".jpg"
     return [qa_record(source, "vqa", f"{key}-{j}", [f"{key}{ext}"], f"{SHORT_ANSWER} {q}", a)
             for j, (q, a) in enumerate(zip(qs, ans))]
-  return examples(inputs[0], make)
+  for path in inputs:
+    yield from examples(path, make)
 
 
 def aokvqa(inputs, images, split, source):
-  """A-OKVQA: --input aokvqa_v1p0_train.json (list of {question_id, image_id, question, choices,
-  correct_choice_idx, split}); --images: the COCO root ({split}2017/{image_id:012}.jpg)."""
+  """A-OKVQA: --input aokvqa_v1p0_train.json ... (list of {question_id, image_id, question,
+  choices, correct_choice_idx, split}); --images: the COCO root ({split}2017/{image_id:012}.jpg).
+  """
   del images, split
 
   def make(_, row):
@@ -151,59 +200,76 @@ def aokvqa(inputs, images, split, source):
     path = f"{row.get('split', 'train')}2017/{int(row['image_id']):012d}.jpg"
     return [qa_record(source, "mcq", row["question_id"], [path],
                       f"{LETTER} {row['question']}\nOptions:\n{opts}\n", letter)]
-  return examples(inputs[0], make)
+  for path in inputs:
+    yield from examples(path, make)
 
 
 def scienceqa(inputs, images, split, source):
-  """ScienceQA: --input problems.json (pid -> {question, choices, answer, hint, image, split};
-  only rows of --split are kept, 'validation' = 'val'); --images: ScienceQA/images
-  ({split}/{pid}/image.png). Rows without an image stay text-only."""
+  """ScienceQA: --input problems.json ... (pid -> {question, choices, answer, hint, image,
+  split}; only rows of --split are kept, 'validation' = 'val', the others counted as 'other
+  split'); --images: ScienceQA/images ({split}/{pid}/image.png). Rows without an image stay
+  text-only."""
   del images
   want = {"validation": "val"}.get(split, split)
 
   def make(pid, row):
     if row["split"] != want:
-      return []
+      return LeftOut(OTHER_SPLIT, f"split {row['split']!r}, importing --split={split}")
     opts, letter = options(row["choices"], row["answer"], pid)
     context = row.get("hint") or "N/A"
     path = [f"{row['split']}/{pid}/{row['image']}"] if row.get("image") else []
     return [qa_record(source, "mcq", pid, path,
                       f"{LETTER} {row['question']}\nContext: {context}\nOptions:\n{opts}\n",
                       letter)]
-  return examples(inputs[0], make)
+  for path in inputs:
+    yield from examples(path, make)
 
 
 def refcoco(inputs, images, split, source):
-  """RefCOCO / RefCOCO+ / RefCOCOg, MDETR's finetune_refcoco*_train.json (images[{id,
+  """RefCOCO / RefCOCO+ / RefCOCOg, MDETR's finetune_refcoco*_train.json ... (images[{id,
   file_name, width, height, caption}] paired with annotations[{image_id, bbox xywh}]);
   --images: the COCO root (train2014/COCO_train2014_*.jpg). Grounded captioning: the region's
-  box -> its referring expression."""
+  box -> its referring expression. MDETR's ids are per file: with several files the file name
+  leads the id (refcoco-finetune_refcoco_val-11)."""
   del images, split
-  data = load_json(inputs[0])
-  boxes = {a["image_id"]: a["bbox"] for a in data["annotations"]}
+  for path, tag in zip(inputs, _file_tags(inputs)):
+    data = load_json(path)
+    boxes = {a["image_id"]: a["bbox"] for a in data["annotations"]}
 
-  def make(_, img):
-    if img["id"] not in boxes:
-      raise KeyError(f"image id {img['id']} has no annotation")
-    box = bbox_text(*boxes[img["id"]], img["width"], img["height"])
-    return [qa_record(source, "region", img["id"], [_coco_path(img["file_name"])],
-                      f"{REGION} {box}", img["caption"])]
-  return examples(inputs[0], make, data["images"], "images")
+    def make(_, img, boxes=boxes, tag=tag):
+      if img["id"] not in boxes:
+        raise KeyError(f"image id {img['id']} has no annotation")
+      box = bbox_text(*boxes[img["id"]], img["width"], img["height"])
+      return [qa_record(source, "region", f"{tag}{img['id']}", [_coco_path(img["file_name"])],
+                        f"{REGION} {box}", img["caption"])]
+    yield from examples(path, make, data["images"], "images")
 
 
 def vg(inputs, images, split, source):
   """Visual Genome regions: --input region_descriptions.json [image_data.json (default:
-  beside it)]; --images: the VG root (the last two parts of image_data's url, e.g.
-  VG_100K/1.jpg; {image_id}.jpg where there is no url). One record per region."""
+  beside it)], or several REGIONS IMAGE_DATA pairs; --images: the VG root (the last two parts
+  of image_data's url, e.g. VG_100K/1.jpg; {image_id}.jpg where there is no url). One record
+  per region (region ids are unique across VG)."""
   del images, split
+  beside = lambda p: os.path.join(os.path.dirname(p), "image_data.json")
+  for regions, meta_path in _pairs(inputs, source, "region_descriptions.json",
+                                   "image_data.json", beside):
+    yield from _vg_file(regions, meta_path, source)
+
+
+def _vg_file(regions_path: str, meta_path: str, source: str):
   meta = {}
-  for m in load_json(_second(inputs, "image_data.json")):
+  for m in load_json(meta_path):
+    if not isinstance(m, dict) or "regions" in m:
+      raise ValueError(f"{source}: {meta_path} is not VG's image_data.json (rows of {{image_id, "
+                       "width, height, url}}); --input takes region_descriptions.json "
+                       "image_data.json pairs, in that order.")
     meta[m.get("image_id", m.get("id"))] = m
-  for where, _, entry in rows(inputs[0]):
+  for where, _, entry in rows(regions_path):
     image_id = entry.get("id", entry.get("image_id")) if isinstance(entry, dict) else None
     info = meta.get(image_id)
     if info is None:
-      yield BadRow(where, MALFORMED_ROW, f"image {image_id!r} is not in image_data.json")
+      yield BadRow(where, MALFORMED_ROW, f"image {image_id!r} is not in {meta_path}")
       continue
     url = info.get("url") or ""
     path = "/".join(url.split("/")[-2:]) if url else f"{image_id}.jpg"
