@@ -272,12 +272,13 @@ def circular_metrics(rows: Sequence[Row]) -> dict[str, float]:
   wrong and counted in `incomplete_groups`: a rotation answered wrongly may be the one that is
   missing. `noncircular/overall` is the plain accuracy of the main rows present."""
   groups = collections.defaultdict(dict)  # g -> {k: hit}
-  first = {}  # g -> the row of its smallest k: the main row when present
+  first = {}  # g -> (smallest k, its row): the main row when present
   for row in rows:
     k, g = divmod(_int_index(row), CIRCULAR_STRIDE)
     groups[g][k] = _mcq_hit(row)
-    if g not in first or k < int(first[g]["index"]) // CIRCULAR_STRIDE:
-      first[g] = row
+    if g not in first or k < first[g][0]:
+      first[g] = (k, row)
+  first = {g: row for g, (_, row) in first.items()}
   order = sorted(groups)
   complete = {g: 0 in groups[g] and set(range(rotations(first[g]))) <= set(groups[g])
               for g in order}

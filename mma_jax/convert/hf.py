@@ -101,11 +101,11 @@ def import_llm(directory: str) -> Converted:
   table = llm_conv.rules(cfg, family)
   model = {"llm": _asdict(cfg)}
   params = _convert(directory, model, table, tensors, ignored)
-  return Converted(model, params, family, template_of(directory, c, family), [directory],
+  return Converted(model, params, family, template_of(directory, cfg, family), [directory],
                    {k: c.get(k) for k in SPECIAL_IDS})
 
 
-def template_of(directory: str, c: dict, family: str) -> str:
+def template_of(directory: str, cfg: mc.LLMConfig, family: str) -> str:
   """The chat template of an LLM directory. Llama 3.1 / 3.2 write a dated system block that 3.0
   does not: told apart by the jinja in tokenizer_config.json, else by 3.1's llama3 rope scaling."""
   if family != "llama":
@@ -116,7 +116,7 @@ def template_of(directory: str, c: dict, family: str) -> str:
       jinja = str(json.load(f).get("chat_template") or "")  # a string, or a list of named ones
     if jinja:
       return "llama3.1" if "Cutting Knowledge Date" in jinja else "llama3"
-  return "llama3.1" if llm_conv.config_from_hf(c).rope.kind == "llama3" else "llama3"
+  return "llama3.1" if cfg.rope.kind == "llama3" else "llama3"
 
 
 def import_vision(directory: str) -> Converted:
@@ -147,16 +147,19 @@ def import_aki(directory: str, vision_config: str, llm_config: str,
 
 
 def _check_aki_tokenizer(directory: str, n0: int) -> None:
-  """AKI's additional rows serve ids n0 and n0 + 1: the tokenizer must put its two added tokens
-  there, or every image would read the wrong embedding."""
+  """AKI's additional rows serve ids n0, n0 + 1 (n0 = initial_tokenizer_len): the tokenizer
+  must give the template's added tokens (<image>, <|endofchunk|>) those ids, or every image
+  would read the wrong embedding."""
+  from mma_jax.data import templates
+  added = templates.get("aki").added_tokens()
   path = os.path.join(directory, "tokenizer.json")
   if not os.path.exists(path):
-    logging.warning("%s has no tokenizer.json; the ids of <image> and <|endofchunk|> are not "
-                    "checked against initial_tokenizer_len=%d.", directory, n0)
+    logging.warning("%s has no tokenizer.json; the ids of %s are not checked against "
+                    "initial_tokenizer_len=%d.", directory, added, n0)
     return
   import tokenizers
   tok = tokenizers.Tokenizer.from_file(path)
-  got = {t: tok.token_to_id(t) for t in ("<image>", "<|endofchunk|>")}
+  got = {t: tok.token_to_id(t) for t in added}
   if sorted(got.values(), key=lambda i: -1 if i is None else i) != [n0, n0 + 1]:
     raise ValueError(f"{path}: token ids {got}, but AKI's additional embedding rows serve ids "
                      f"{n0} and {n0 + 1} (initial_tokenizer_len={n0}); this tokenizer is not "

@@ -71,12 +71,11 @@ def _file_tags(inputs: list[str]) -> list[str]:
   return [f"{s}-" for s in stems]
 
 
-def _pairs(inputs: list[str], source: str, first: str, second: str,
-           default_second) -> list[tuple[str, str]]:
-  """(first, second) file pairs: one file (its partner default_second(first) beside it) or
-  FIRST SECOND [FIRST SECOND ...]."""
+def _pairs(inputs: list[str], source: str, first: str, second: str) -> list[tuple[str, str | None]]:
+  """(first, second) file pairs: one file (second None: the caller finds its partner beside
+  it) or FIRST SECOND [FIRST SECOND ...]."""
   if len(inputs) == 1:
-    return [(inputs[0], default_second(inputs[0]))]
+    return [(inputs[0], None)]
   if len(inputs) % 2:
     raise ValueError(f"{source}: --input got {len(inputs)} files; pass {first} alone (its "
                      f"{second} beside it) or pairs '{first} {second}' in that order, one pair "
@@ -96,16 +95,11 @@ def vqav2(inputs, images, split, source) -> Iterator[Example | BadRow]:
   train2014 and val2014); --images: the COCO root ({subtype}/COCO_{subtype}_{image_id:012}.jpg).
   Answer: multiple_choice_answer."""
   del images, split
-  loaded = {}  # the questions file is read once, for its subtype and then its rows
-
-  def beside(q_path):
-    loaded[q_path] = load_json(q_path)
-    sub = loaded[q_path]["data_subtype"]
-    return os.path.join(os.path.dirname(q_path), f"v2_mscoco_{sub}_annotations.json")
-
-  for q_path, ann_path in _pairs(inputs, source, "QUESTIONS.json", "ANNOTATIONS.json", beside):
-    questions = loaded.pop(q_path, None) or load_json(q_path)
+  for q_path, ann_path in _pairs(inputs, source, "QUESTIONS.json", "ANNOTATIONS.json"):
+    questions = load_json(q_path)
     sub = questions["data_subtype"]
+    ann_path = ann_path or os.path.join(os.path.dirname(q_path),
+                                        f"v2_mscoco_{sub}_annotations.json")
     annotations = load_json(ann_path)
     if not isinstance(annotations, dict) or "annotations" not in annotations:
       raise ValueError(f"{source}: {ann_path} is not a VQAv2 annotations file (no "
@@ -251,9 +245,8 @@ def vg(inputs, images, split, source):
   of image_data's url, e.g. VG_100K/1.jpg; {image_id}.jpg where there is no url). One record
   per region (region ids are unique across VG)."""
   del images, split
-  beside = lambda p: os.path.join(os.path.dirname(p), "image_data.json")
-  for regions, meta_path in _pairs(inputs, source, "region_descriptions.json",
-                                   "image_data.json", beside):
+  for regions, meta_path in _pairs(inputs, source, "region_descriptions.json", "image_data.json"):
+    meta_path = meta_path or os.path.join(os.path.dirname(regions), "image_data.json")
     yield from _vg_file(regions, meta_path, source)
 
 
