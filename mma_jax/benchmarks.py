@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import functools
 import re
 import string
 from typing import Callable, Mapping, Sequence
@@ -29,35 +30,63 @@ _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3",
 _ARTICLES = {"a", "an", "the"}
 # Contractions the official VQA evaluator restores; each may be written with one apostrophe
 # left out ("dont", "couldnt've", "couldn'tve"). Forms that are also words (its, were, well,
-# hell, shed, ...) and the capitalised I-forms (never matched after lowercasing) are absent.
+# hell, shed, shes, ...) and the capitalised I-forms (never matched after lowercasing) are absent.
 _CONTRACTED = """ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't
   hadn't've hasn't haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am
   mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't
-  she'd've she's should've shouldn't shouldn't've somebody'd've somebody'll somebody's
+  she'd've should've shouldn't shouldn't've somebody'd've somebody'll somebody's
   someone'd someone'd've someone'll someone's something'd something'd've something'll that's
   there'd there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't
   we'd've we've weren't what'll what're what's what've when's where'd where's where've who'd
   who'd've who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all
   y'all'll y'all'd've you'd you'd've you'll you're you've""".split()
+# "somebody'd" -> "somebodyd" is the evaluators' own quirk, kept so that scores agree.
 _CONTRACTIONS = {w[:i] + w[i + 1:]: w for w in _CONTRACTED for i, c in enumerate(w) if c == "'"}
+_CONTRACTIONS["somebody'd"] = "somebodyd"
 
 
-def strip_punctuation(text: str) -> str:
+# Cells pandas reads as missing (read_csv's default na_values). VLMEvalKit loads tables with
+# pandas, so such an option or hint does not exist for it and such a prediction is the text 'nan'.
+PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                       "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                       "nan", "null"})
+
+
+def cell(row: Row, key: str) -> str:
+  """row[key], or '' where the column is absent or the cell is one pandas reads as missing."""
+  value = row.get(key)
+  return "" if value is None or value in PANDAS_NA else value
+
+
+def prediction(row: Row) -> str:
+  """The prediction as VLMEvalKit scores it: str() of the pandas cell ('nan' when missing)."""
+  value = row.get("prediction")
+  return "nan" if value is None or value in PANDAS_NA else value
+
+
+def strip_punctuation(text: str, official: bool = False) -> str:
   """The VQA evaluator's punctuation rule: a mark next to a space (or any mark in a text with a
-  digit,digit group) is deleted, otherwise it becomes a space; periods not before a digit go."""
+  digit,digit group) is deleted, otherwise it becomes a space. Periods: VLMEvalKit deletes one
+  with no digit on either side ('2.' stays '2.'); the official VQA script (official=True)
+  deletes every period not followed by a digit ('2.' -> '2')."""
   joined = re.search(r"\d,\d", text) is not None
   out = text
   for p in _PUNCT:  # the tests look at the original text, as the evaluator does
     out = out.replace(p, "" if joined or p + " " in text or " " + p in text else " ")
-  return re.sub(r"\.(?!\d)", "", out)
+  return re.sub(r"\.(?!\d)" if official else r"(?<!\d)\.(?!\d)", "", out)
 
 
-def normalize_vqa(text: str) -> str:
-  """Standard VQA answer normalisation: whitespace, punctuation, lowercase, number words ->
-  digits, articles dropped, contractions restored ("dont" -> "don't")."""
-  words = strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip()).lower().split()
-  words = [_NUMBER_WORDS.get(w, w) for w in words]
+def digits_articles(text: str) -> str:
+  """Lowercase words, number words -> digits, articles dropped, contractions restored."""
+  words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
   return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def normalize_vqa(text: str, official: bool = False) -> str:
+  """Standard VQA answer normalisation: whitespace, punctuation (strip_punctuation), then
+  digits_articles."""
+  text = text.replace("\n", " ").replace("\t", " ").strip()
+  return digits_articles(strip_punctuation(text, official))
 
 
 def yes_no(prediction: str) -> str:
@@ -72,23 +101,48 @@ def yes_no(prediction: str) -> str:
 
 def options(row: Row) -> dict[str, str]:
   """The row's options {letter: text}: non-empty A..Z columns, else a `choices` list cell."""
-  out = {c: row[c] for c in string.ascii_uppercase if (row.get(c) or "").strip()}
-  if not out and (row.get("choices") or "").strip():
+  out = {c: row[c] for c in string.ascii_uppercase if cell(row, c).strip()}
+  if not out and cell(row, "choices").strip():
     out = dict(zip(string.ascii_uppercase, answer_list(row["choices"])))
   return out
 
 
-def infer_option(prediction: str, opts: Mapping[str, str]) -> str:
-  """The option a free-form answer picks, or '' (VLMEvalKit's can_infer, exact matching).
+# Refusals VLMEvalKit reads as option 'Z' (never right), and its verbose-answer pattern.
+_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+             "I'm sorry, but without the image provided", "Cannot determine the answer")
+_VERBOSE_ANSWER = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
 
-  1. Letters: with .()[],:;!*#{} turned into spaces, exactly one option letter stands as a word,
-     and it is among the last five words. 2. Texts: else exactly one option's text (lowercase)
-     occurs in the answer, which is at most twice as long as all option texts together.
-  """
+
+def _infer_letter(prediction: str, opts: Mapping[str, str]) -> str:
+  """The letter step of infer_option: '' when it decides nothing."""
+  if "Failed to obtain answer via API" in prediction:
+    return ""
+  if any(r in prediction for r in _REFUSALS):
+    return "Z"
   words = re.sub(r"[.()\[\],:;!*#{}]", " ", prediction).split()
   letters = [c for c in opts if c in words]
   if len(letters) == 1 and words.index(letters[0]) > len(words) - 5:
     return letters[0]
+  if not letters and "Z" in words:
+    return "Z"
+  verbose = _VERBOSE_ANSWER.search(prediction)
+  if verbose and verbose.group(1).upper() in opts:
+    return verbose.group(1).upper()
+  return ""
+
+
+def infer_option(prediction: str, opts: Mapping[str, str]) -> str:
+  """The option a free-form answer picks, 'Z' for a refusal, or '' (VLMEvalKit's can_infer).
+
+  1. Letters (after .()[],:;!*#{} -> spaces): a refusal phrase -> 'Z'; exactly one option
+     letter standing as a word, among the last five words -> it; no option letter but a word
+     'Z' -> 'Z'; else "(correct) answer is X" anywhere (X in A-D, any case) -> X.
+  2. Texts: else exactly one option's text (lowercase) occurs in the answer, which is at most
+     twice as long as all option texts together.
+  """
+  letter = _infer_letter(prediction, opts)
+  if letter:
+    return letter
   text = prediction.lower()
   if len(text) > 2 * sum(len(v) for v in opts.values()):
     return ""
@@ -107,13 +161,20 @@ def answer_list(cell: str) -> list[str]:
   return [cell]
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str], rule: str = "vlmevalkit") -> float:
   """VQA accuracy: min(#other humans giving the answer / 3, 1), averaged over the leave-one-out
-  subsets of the human answers (10 choose 9 for VQAv2). A single answer: exact match."""
-  pred = normalize_vqa(prediction)
-  gts = [normalize_vqa(a) for a in answers]
-  if len(gts) == 1:
-    return float(pred == gts[0])
+  subsets of the human answers (10 choose 9 for VQAv2); a single answer has no other human
+  and scores 0, as in both evaluators.
+
+  vlmevalkit: prediction and answers through normalize_vqa. official (the VQA challenge's
+  script): the prediction through normalize_vqa(official=True); the answers through the
+  punctuation rule alone, and only when the humans disagree (the annotations are normalised)."""
+  if rule == "official":
+    pred = normalize_vqa(prediction, official=True)
+    gts = [strip_punctuation(a, official=True) for a in answers] if len(set(answers)) > 1 \
+        else list(answers)
+  else:
+    pred, gts = normalize_vqa(prediction), [normalize_vqa(a) for a in answers]
   return float(np.mean([min(1.0, sum(g == pred for j, g in enumerate(gts) if j != i) / 3)
                         for i in range(len(gts))]))
 
@@ -131,7 +192,7 @@ def _option_lines(row: Row) -> str:
 
 def mcq_prompt(row: Row) -> str:
   """VLMEvalKit's ImageMCQDataset prompt."""
-  hint = (row.get("hint") or "").strip()
+  hint = cell(row, "hint").strip()
   prompt = (f"Hint: {row['hint']}\n" if hint else "") + f"Question: {row['question']}\n"
   if options(row):
     prompt += ("Options:\n" + _option_lines(row)
@@ -189,7 +250,7 @@ def pope_metrics(rows: Sequence[Row]) -> dict[str, float]:
   all (row, split) pairs, as VLMEvalKit's POPE_rating explodes them. Unknown counts as No."""
   overall, splits = [], collections.defaultdict(list)
   for row in rows:
-    pair = (_truth(row), yes_no(row["prediction"]))
+    pair = (_truth(row), yes_no(prediction(row)))
     names = [s.strip() for s in (row.get("category") or "").split(",") if s.strip()]
     overall += [pair] * max(len(names), 1)
     for s in names:
@@ -216,7 +277,7 @@ def mme_metrics(rows: Sequence[Row]) -> dict[str, float]:
   by_image = collections.defaultdict(lambda: collections.defaultdict(list))
   for row in rows:
     by_image[row["category"]][row["image_path"]].append(
-        yes_no(row["prediction"]) == _truth(row))
+        yes_no(prediction(row)) == _truth(row))
   out, incomplete = {}, 0
   for cat, images in sorted(by_image.items()):
     acc = _percent([h for hits in images.values() for h in hits])
@@ -234,15 +295,17 @@ def mme_metrics(rows: Sequence[Row]) -> dict[str, float]:
 
 
 def _mcq_hit(row: Row) -> bool:
-  opts = options(row)
-  if not opts:  # an open question among MCQs (RealWorldQA has a few): exact match
-    return normalize(row["prediction"]) == normalize(row["answer"])
-  return infer_option(row["prediction"], opts) == row["answer"].strip()
+  """infer_option == answer. A row without options (RealWorldQA has open ones) can infer
+  nothing and is wrong, as in VLMEvalKit without a judge."""
+  return infer_option(prediction(row), options(row)) == row["answer"].strip()
 
 
 def mcq_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """Vanilla multiple choice: accuracy overall and per split / category / l2-category."""
-  return grouped_accuracy(rows, [_mcq_hit(r) for r in rows])
+  """Vanilla multiple choice: accuracy overall and per split / category / l2-category;
+  `open_rows` counts the rows without options (always wrong)."""
+  out = grouped_accuracy(rows, [_mcq_hit(r) for r in rows])
+  out["open_rows"] = float(sum(not options(r) for r in rows))
+  return out
 
 
 def _int_index(row: Row) -> int:
@@ -263,14 +326,17 @@ def rotations(row: Row) -> int:
   return 1
 
 
-def circular_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """MMBench CircularEval: a question g counts only if its main row (index g < 1e6) and all
-  rotations(main) - 1 copies (index g + k * 1e6) are present and answered right; groups are
-  reported per the main row's categories (a copy's when the main row is missing).
+def circular_metrics(rows: Sequence[Row], strict: bool = False) -> dict[str, float]:
+  """MMBench CircularEval over groups g = index mod 1e6 (main row g, copies g + k * 1e6).
 
-  A group missing its main row or a rotation (a skipped row, a truncated table) is scored
-  wrong and counted in `incomplete_groups`: a rotation answered wrongly may be the one that is
-  missing. `noncircular/overall` is the plain accuracy of the main rows present."""
+  vlmevalkit (default): a group is scored when its main row is present, and is right when
+  every row of it that is present is answered right; copies without their main row are not
+  scored (`orphan_rows`). A table without copies so scores its main rows one by one.
+  strict (MMBench's CircularEval as defined): a group is right only when the main row and all
+  rotations(main) - 1 copies are present and right; a group missing one (a skipped row, a
+  truncated table) is scored wrong, reported per the main row's categories (a copy's when the
+  main row is missing). Both count groups lacking a row in `incomplete_groups`.
+  `noncircular/overall` is the plain accuracy of the main rows present."""
   groups = collections.defaultdict(dict)  # g -> {k: hit}
   first = {}  # g -> (smallest k, its row): the main row when present
   for row in rows:
@@ -279,14 +345,16 @@ def circular_metrics(rows: Sequence[Row]) -> dict[str, float]:
     if g not in first or k < first[g][0]:
       first[g] = (k, row)
   first = {g: row for g, (_, row) in first.items()}
-  order = sorted(groups)
   complete = {g: 0 in groups[g] and set(range(rotations(first[g]))) <= set(groups[g])
-              for g in order}
-  out = grouped_accuracy([first[g] for g in order],
-                         [complete[g] and all(groups[g].values()) for g in order])
+              for g in groups}
+  order = sorted(groups) if strict else sorted(g for g in groups if 0 in groups[g])
+  hits = [(complete[g] or not strict) and all(groups[g].values()) for g in order]
+  out = grouped_accuracy([first[g] for g in order], hits)
   out["noncircular/overall"] = _percent([groups[g][0] for g in order if 0 in groups[g]])
   out["questions"] = float(len(order))
-  out["incomplete_groups"] = float(sum(not c for c in complete.values()))
+  out["incomplete_groups"] = float(sum(not complete[g] for g in order))
+  if not strict:
+    out["orphan_rows"] = float(sum(len(groups[g]) for g in groups if 0 not in groups[g]))
   return out
 
 
@@ -328,17 +396,19 @@ def cvbench_metrics(rows: Sequence[Row]) -> dict[str, float]:
   return out
 
 
-def vqa_metrics(rows: Sequence[Row]) -> dict[str, float]:
+def vqa_metrics(rows: Sequence[Row], rule: str = "vlmevalkit") -> dict[str, float]:
   """VQAv2 accuracy (%) over the human answers in `answer`, per answer_type / question_type."""
-  scores = [vqa_accuracy(r["prediction"], answer_list(r["answer"])) for r in rows]
+  scores = [vqa_accuracy(prediction(r), answer_list(r["answer"]), rule) for r in rows]
   return grouped_accuracy(rows, scores, ("answer_type", "question_type", "category"))
 
 
 def gqa_metrics(rows: Sequence[Row]) -> dict[str, float]:
-  """GQA accuracy (%): the normalised prediction equals a normalised answer."""
-  hits = [normalize_vqa(r["prediction"]) in {normalize_vqa(a) for a in answer_list(r["answer"])}
-          for r in rows]
-  return grouped_accuracy(rows, hits, ("category", "type"))
+  """GQA accuracy (%), VLMEvalKit's 'accuracy' method: per row the share of its answers equal
+  to the prediction after strip() and lower() (one answer: exact match); no VQA normalisation."""
+  def hit(row):
+    pred = prediction(row).strip().lower()
+    return np.mean([a.strip().lower() == pred for a in answer_list(row["answer"])])
+  return grouped_accuracy(rows, [hit(r) for r in rows], ("category", "type"))
 
 
 def shapes_score(predictions: Sequence[str], answers: Sequence[str], types: Sequence[str],
@@ -374,6 +444,176 @@ def synthetic_metrics(rows: Sequence[Row]) -> dict[str, float]:
                       [r["category"] for r in rows], chance)
 
 
+# --- more benchmarks: MMMU, MMStar, HallusionBench, AI2D, MME-RealWorld ---
+
+def report_acc_metrics(rows: Sequence[Row], hits: Sequence[float]) -> dict[str, float]:
+  """VLMEvalKit's report_acc: with a `split` column, accuracy (%) per split and, inside each
+  split, per category / l2-category (split/<s>/overall, split/<s>/category/<c>, ...); without
+  one, overall and category/<c>, l2-category/<c>. `overall` is always the pooled accuracy (a
+  number VLMEvalKit does not print when there are several splits)."""
+  splits = collections.defaultdict(list)
+  for row, h in zip(rows, hits):
+    splits[cell(row, "split").strip()].append((row, h))
+  if set(splits) <= {""}:
+    return grouped_accuracy(rows, hits, ("category", "l2-category"))
+  out = {"overall": _percent(hits)}
+  for s, pairs in sorted(splits.items()):
+    part = grouped_accuracy([r for r, _ in pairs], [h for _, h in pairs],
+                            ("category", "l2-category"))
+    out.update({f"split/{s or 'none'}/{k}": v for k, v in part.items()})
+  return out
+
+
+def mcq_report_metrics(rows: Sequence[Row]) -> dict[str, float]:
+  """Vanilla multiple choice (infer_option == answer), reported as report_acc does."""
+  return report_acc_metrics(rows, [_mcq_hit(r) for r in rows])
+
+
+def mmmu_options(row: Row) -> dict[str, str]:
+  """The options MMMU's exact matching scores against: a row without option A (an open
+  question) gets A = its answer text, B = 'Other Answers' (other option columns kept)."""
+  opts = options(row)
+  if "A" not in opts:  # an empty answer leaves A empty, as a NaN in VLMEvalKit
+    extra = {"A": row["answer"]} if cell(row, "answer") else {}
+    opts = dict(sorted({**opts, **extra, "B": "Other Answers"}.items()))
+  return opts
+
+
+def mmmu_truth(row: Row) -> str:
+  """The answer if it is one capital letter, else 'A' (an open question's answer text)."""
+  answer = row["answer"]
+  return answer if len(answer) == 1 and answer in string.ascii_uppercase else "A"
+
+
+def mmmu_metrics(rows: Sequence[Row]) -> dict[str, float]:
+  """MMMU: open questions scored as two-option questions (mmmu_options, mmmu_truth), then
+  infer_option == truth; report_acc per split; `open_rows` counts the open questions."""
+  hits = [infer_option(prediction(r), mmmu_options(r)) == mmmu_truth(r) for r in rows]
+  out = report_acc_metrics(rows, hits)
+  out["open_rows"] = float(sum("A" not in options(r) for r in rows))
+  return out
+
+
+def _hallusion_ids(row: Row) -> tuple[str, str, str]:
+  """(set_id, figure_id, question_id): parts 3, 4, 5 of the index split on '_'."""
+  parts = str(row["index"]).split("_")
+  if len(parts) < 6:
+    raise ValueError(f"HallusionBench needs indices like VD_<cat>_<x>_<set>_<figure>_<question>"
+                     f" (6 '_'-separated parts); got {row['index']!r}.")
+  return parts[3], parts[4], parts[5]
+
+
+def _hallusion_scores(pairs) -> dict[str, float]:
+  """pairs of (row, hit) -> aAcc (% of questions), fAcc (% of figures, keyed l2-category +
+  set_id + figure_id, with every question right), qAcc (the same per l2-category + set_id +
+  question_id)."""
+  figures, questions = collections.defaultdict(list), collections.defaultdict(list)
+  for row, h in pairs:
+    set_id, figure_id, question_id = _hallusion_ids(row)
+    figures[(row["l2-category"], set_id, figure_id)].append(h)
+    questions[(row["l2-category"], set_id, question_id)].append(h)
+  return {"aAcc": _percent([h for _, h in pairs]),
+          "fAcc": _percent([all(v) for v in figures.values()]),
+          "qAcc": _percent([all(v) for v in questions.values()])}
+
+
+def hallusion_metrics(rows: Sequence[Row]) -> dict[str, float]:
+  """HallusionBench (VLMEvalKit Hallusion_rating): yes_no(prediction) == answer (as written);
+  aAcc / fAcc / qAcc overall and per category and per l2-category."""
+  pairs = [(r, yes_no(prediction(r)) == r["answer"]) for r in rows]
+  out = {f"overall/{k}": v for k, v in _hallusion_scores(pairs).items()}
+  for col in ("category", "l2-category"):
+    groups = collections.defaultdict(list)
+    for r, h in pairs:
+      groups[r[col]].append((r, h))
+    for g, sub in sorted(groups.items()):
+      out.update({f"{col}/{g}/{k}": v for k, v in _hallusion_scores(sub).items()})
+  return out
+
+
+MME_REALWORLD_SYS = ("Select the best answer to the above multiple-choice question based on the "
+                     "image. Respond with only the letter (A, B, C, D, or E) of the correct "
+                     "option. \nThe best answer is:")
+
+
+def mme_realworld_prompt(row: Row) -> str:
+  """question + ' ' + the `multi-choice options` cell + '\\n' + MME_REALWORLD_SYS; without that
+  cell, it is rebuilt as VLMEvalKit writes it ('The choices are listed below:\\n(A) ...')."""
+  choices = cell(row, "multi-choice options")
+  if not choices:
+    choices = "The choices are listed below:\n" + "\n".join(
+        f"({c}) {v}" for c, v in options(row).items())
+  return f"{row['question']} {choices}\n{MME_REALWORLD_SYS}"
+
+
+_MME_RW_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
+                    "The best option is", "The correct option is", "Best answer:",
+                    "Best option:")
+
+
+def mme_realworld_letter(text: str) -> str:
+  """VLMEvalKit's extract_characters_regex (after its <answer>...</answer> step): '' or a
+  letter A-E."""
+  tagged = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+  if tagged:
+    text = tagged.group(1).strip().upper()
+  text = text.strip()
+  for prefix in _MME_RW_PREFIXES:
+    text = text.replace(prefix, "")
+  letter = re.search(r"[ABCDE]", text)
+  if letter:
+    return letter.group(0)
+  if len(text.split()) > 10:
+    return ""
+  # No capital A-E: the answer (lowercase) inside '(a)', ..., '(e)' ('' and 'a' give 'A').
+  return next((c for c in "ABCDE" if text.lower() in f"({c.lower()})"), "")
+
+
+def mme_realworld_metrics(rows: Sequence[Row]) -> dict[str, float]:
+  """MME-RealWorld (VLMEvalKit get_dimension_rating), accuracy (%) of mme_realworld_letter ==
+  answer: overall, <task>/avg, <task>/<subtask>/avg and <task>/<subtask>/<l2-category> (task
+  and subtask = `category` split on '/'; an l2-category containing 'attribute' becomes
+  '<its first '/' part>/attribute', lowercase)."""
+  hits = collections.defaultdict(list)  # (task, subtask, l2) -> hits
+  for row in rows:
+    parts = row["category"].split("/")
+    if len(parts) < 2:
+      raise ValueError(f"MME-RealWorld categories are <task>/<subtask>; row {row['index']} has "
+                       f"{row['category']!r}.")
+    l2 = row["l2-category"].lower()
+    if "attribute" in l2:
+      l2 = l2.split("/")[0] + "/attribute"
+    hits[(parts[0], parts[1], l2)].append(mme_realworld_letter(prediction(row)) == row["answer"])
+  out = {"overall": _percent([h for v in hits.values() for h in v])}
+  for task in sorted({t for t, _, _ in hits}):
+    out[f"{task}/avg"] = _percent([h for (t, _, _), v in hits.items() if t == task for h in v])
+    for sub in sorted({s for t, s, _ in hits if t == task}):
+      out[f"{task}/{sub}/avg"] = _percent(
+          [h for (t, s, _), v in hits.items() if (t, s) == (task, sub) for h in v])
+      out.update({f"{task}/{sub}/{c}": _percent(v) for (t, s, c), v in sorted(hits.items())
+                  if (t, s) == (task, sub)})
+  return out
+
+
+# Appended to MCQ_PROMPT / OPTION / YES_NO (defined with the registry) in the entries.
+MMMU_PROMPT_NOTE = ("; open questions: no Options lines [VLMEvalKit MMMUDataset; its '<image k>'"
+                    " markers stay text and all images come first]")
+MMMU_RULE = ("; open questions (no option A) are scored with A = the answer text, B = 'Other "
+             "Answers' and truth 'A' (any answer that is not one capital letter becomes 'A') "
+             "[VLMEvalKit MMMU_preproc, mcq_vanilla_eval]; report_acc per split")
+HALLUSION_RULE = ("; right iff == answer; aAcc = questions, fAcc = figures (l2-category, "
+                  "set_id, figure_id = index parts 3, 4 of '_') with all questions right, qAcc "
+                  "= question pairs (l2-category, set_id, question_id = index part 5) all right"
+                  " [VLMEvalKit Hallusion_rating]")
+MME_REALWORLD_EXTRACTION = (
+    "extract_characters_regex: inside <answer>...</answer> if present (upper-cased); strip; "
+    "delete 'The best answer is', 'The correct answer is', 'The answer is', 'The answer', "
+    "'The best option is', 'The correct option is', 'Best answer:', 'Best option:'; the first "
+    "capital A-E anywhere; else none if over 10 words; else the letter whose '(x)' contains "
+    "the lowercased answer; else none (wrong) [VLMEvalKit MMERealWorld.evaluate, "
+    "get_dimension_rating]")
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -388,18 +628,42 @@ class Benchmark:
   vlmeval_name: str = ""       # VLMEvalKit's dataset name: the default $LMUData/<name>.tsv
   circular: bool = False       # add rotated copies when the table has none (MMBench)
   aliases: tuple[str, ...] = ()
+  # Other named rules (e.g. a benchmark's official evaluator): name -> (extraction, metrics).
+  # `extraction` and `metrics` above are the default rule, DEFAULT_RULE.
+  other_rules: Mapping[str, tuple[str, Callable[[Sequence[Row]], dict[str, float]]]] = \
+      dataclasses.field(default_factory=dict)
+
+  @property
+  def rules(self) -> tuple[str, ...]:
+    return (DEFAULT_RULE, *self.other_rules)
+
+  def scorer(self, rule: str = "") -> tuple[str, Callable[[Sequence[Row]], dict[str, float]]]:
+    """(extraction rule text, metrics function) of a rule ('' = the default), or ValueError."""
+    if rule in ("", DEFAULT_RULE):
+      return self.extraction, self.metrics
+    if rule not in self.other_rules:
+      raise ValueError(f"Benchmark {self.name!r} has no scoring rule {rule!r}; its rules are "
+                       f"{list(self.rules)} (--rule / config.eval.rule).")
+    return self.other_rules[rule]
+
+
+# Every benchmark scores as VLMEvalKit's current code does unless another rule is asked for.
+DEFAULT_RULE = "vlmevalkit"
+RULES = (DEFAULT_RULE, "official", "strict")
 
 
 YES_NO = ("yes_no: lowercase, VQA punctuation rule, split into words; 'yes' without 'no' -> "
           "Yes, 'no' without 'yes' -> No, else Unknown (scored wrong) [VLMEvalKit "
           "YOrN_Extraction, exact matching, no judge]")
-OPTION = ("option_letter: the one option letter standing as a word among the last five words "
-          "(after .()[],:;!*#{} -> spaces), else the one option whose text the answer contains; "
-          "else none (scored wrong) [VLMEvalKit can_infer, exact_matching, no judge]")
+OPTION = ("option_letter: a refusal -> Z; the one option letter standing as a word among the "
+          "last five words (after .()[],:;!*#{} -> spaces); else Z as a word -> Z; else '(correct)"
+          " answer is X' anywhere; else the one option whose text the answer contains; else "
+          "none (scored wrong) [VLMEvalKit can_infer, exact_matching, no judge]")
 MCQ_PROMPT = ("[Hint: {hint}\\n]Question: {question}\\nOptions:\\nA. {A}\\nB. {B}\\n...Please "
               "select the correct answer from the options above. \\n [VLMEvalKit ImageMCQDataset]")
-VQA_EXTRACTION = ("vqa_normalize: VQA punctuation rule, lowercase, number words -> digits, "
-                  "articles dropped, contractions restored, on prediction and answers")
+VQA_EXTRACTION = ("vqa_normalize: VQA punctuation rule (a period with no digit on either side "
+                  "deleted: '2.' stays), lowercase, number words -> digits, articles dropped, "
+                  "contractions restored, on prediction and answers")
 
 REGISTRY = {b.name: b for b in (
     Benchmark("pope", "{question} [VLMEvalKit ImageYORNDataset]", YES_NO, pope_metrics,
@@ -408,14 +672,20 @@ REGISTRY = {b.name: b for b in (
               "ImageYORNDataset]", YES_NO, mme_metrics, lambda r: r["question"],
               required=("index", "question", "answer", "category", "image_path"),
               vlmeval_name="MME"),
-    Benchmark("mmbench", MCQ_PROMPT, OPTION + "; CircularEval over g_index = index mod 1e6 "
-              "(a group missing its main row or a rotation is scored wrong: incomplete_groups)",
+    Benchmark("mmbench", MCQ_PROMPT, OPTION + "; CircularEval over g_index = index mod 1e6: "
+              "a group with its main row is right when all its rows present are right; copies "
+              "without a main row are not scored (orphan_rows) [VLMEvalKit mcq_circular_eval]",
               circular_metrics, mcq_prompt, vlmeval_name="MMBench_DEV_EN", circular=True,
-              aliases=("mmbench_dev_en", "mmbench_dev_en_v11", "mmbench_test_en")),
+              aliases=("mmbench_dev_en", "mmbench_dev_en_v11", "mmbench_test_en"),
+              other_rules={"strict": (
+                  OPTION + "; strict CircularEval: a group is right only with its main row and "
+                  "every rotation present and right; a group missing one is wrong "
+                  "(incomplete_groups)", functools.partial(circular_metrics, strict=True))}),
     Benchmark("seedbench_img", MCQ_PROMPT, OPTION, mcq_metrics, mcq_prompt,
               vlmeval_name="SEEDBench_IMG", aliases=("seed", "seed_img", "seedbench")),
-    Benchmark("realworldqa", MCQ_PROMPT, OPTION + "; rows without options: exact match after "
-              "lowercase/strip", mcq_metrics, mcq_prompt, vlmeval_name="RealWorldQA"),
+    Benchmark("realworldqa", MCQ_PROMPT, OPTION + "; rows without options cannot be inferred "
+              "and are wrong (open_rows) [VLMEvalKit without a judge]", mcq_metrics, mcq_prompt,
+              vlmeval_name="RealWorldQA"),
     Benchmark("cvbench", "Answer with the option's letter from the given choices directly. "
               "{question}\\nOptions:\\nA. {A}\\n...\\n [AKI eval_cv_bench]",
               "exact: prediction.strip() == answer.strip('()') [AKI eval_cv_bench compares "
@@ -426,17 +696,48 @@ REGISTRY = {b.name: b for b in (
               vlmeval_name="ScienceQA_TEST", aliases=("scienceqa", "scienceqa_test", "sqa_img")),
     Benchmark("vqav2", "{question}" + VQA_SUFFIX.replace("\n", "\\n") + " [VLMEvalKit VQA]",
               VQA_EXTRACTION + "; accuracy = mean over the leave-one-out subsets of the human "
-              "answers (the `answer` list) of min(#matches / 3, 1)", vqa_metrics,
-              lambda r: r["question"] + VQA_SUFFIX, aliases=("vqa", "vqa_v2")),
+              "answers (the `answer` list) of min(#matches / 3, 1) [VLMEvalKit process_line "
+              "vqa_score]", vqa_metrics, lambda r: r["question"] + VQA_SUFFIX,
+              vlmeval_name="VQAv2_VAL", aliases=("vqa", "vqa_v2"),
+              other_rules={"official": (
+                  "the VQA challenge's script: prediction normalised (every period not before a "
+                  "digit deleted, '2.' -> '2'), human answers through the punctuation rule only "
+                  "when they differ; leave-one-out min(#matches / 3, 1)",
+                  functools.partial(vqa_metrics, rule="official"))}),
     Benchmark("gqa", "{question}" + VQA_SUFFIX.replace("\n", "\\n") + " [VLMEvalKit VQA]",
-              VQA_EXTRACTION + "; exact match with the answer", gqa_metrics,
+              "accuracy: prediction.strip().lower() == answer.strip().lower(), no VQA "
+              "normalisation [VLMEvalKit process_line 'accuracy' for GQA]", gqa_metrics,
               lambda r: r["question"] + VQA_SUFFIX, vlmeval_name="GQA_TestDev_Balanced",
               aliases=("gqa_testdev_balanced",)),
     Benchmark("synthetic", "the records' own conversations (mma_jax.data.synthetic, test split)",
               "normalize: lowercase, outer spaces and periods off; exact match",
               synthetic_metrics, None, required=("index", "answer", "category"),
               aliases=("shapes",)),
+    Benchmark("records", "the records' own conversations (the imported sources' split)",
+              "normalize: lowercase, outer spaces and periods off; exact match; per source "
+              "(category); chance = the majority answer's rate", synthetic_metrics, None,
+              required=("index", "answer", "category")),
+    Benchmark("mmmu", MCQ_PROMPT + MMMU_PROMPT_NOTE, OPTION + MMMU_RULE, mmmu_metrics, mcq_prompt,
+              vlmeval_name="MMMU_DEV_VAL", aliases=("mmmu_val", "mmmu_dev_val")),
+    Benchmark("mmstar", MCQ_PROMPT, OPTION + "; report_acc", mcq_report_metrics, mcq_prompt,
+              vlmeval_name="MMStar"),
+    Benchmark("hallusionbench", "{question} [VLMEvalKit ImageYORNDataset]", YES_NO + HALLUSION_RULE,
+              hallusion_metrics, lambda r: r["question"],
+              required=("index", "question", "answer", "category", "l2-category"),
+              vlmeval_name="HallusionBench", aliases=("hallusion",)),
+    Benchmark("ai2d", MCQ_PROMPT, OPTION + "; report_acc", mcq_report_metrics, mcq_prompt,
+              vlmeval_name="AI2D_TEST", aliases=("ai2d_test",)),
+    Benchmark("mme_realworld", "{question} {multi-choice options}\\n" + MME_REALWORLD_SYS.replace(
+              "\n", "\\n") + " [VLMEvalKit MMERealWorld]", MME_REALWORLD_EXTRACTION,
+              mme_realworld_metrics, mme_realworld_prompt,
+              required=("index", "question", "answer", "category", "l2-category"),
+              vlmeval_name="MME-RealWorld", aliases=("mme-realworld", "mmerealworld")),
 )}
+
+
+# Every name `get` accepts, lowercase.
+NAMES = frozenset(n.lower() for b in REGISTRY.values()
+                  for n in (b.name, *b.aliases, b.vlmeval_name) if n)
 
 
 def get(name: str) -> Benchmark:

@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.prompt_length = 112
   c.eval.max_images = 2
   c.eval.skip_bad_rows = False  # benchmark TSV rows that cannot be read: False = error
+  # VLMEvalKit benchmarks scored at every evaluation, through the evaluate CLI's own path:
+  # 'pope,mme=/data/MME.tsv' (name or name=TSV; no path = $LMUData/<VLMEvalKit name>.tsv).
+  c.eval.benchmarks = ""
+  c.eval.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.benchmarks.RULES)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
@@ -110,6 +114,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
   need(c.train.log_every > 0, "train.log_every", "must be positive")
+  from mma_jax import benchmarks  # pylint: disable=g-import-not-at-top
+  need(c.eval.rule in ("",) + benchmarks.RULES, "eval.rule",
+       f"use '' (= {benchmarks.DEFAULT_RULE}) or one of {benchmarks.RULES}")
+  for name in filter(None, (x.partition("=")[0].strip() for x in c.eval.benchmarks.split(","))):
+    need(name.lower() in benchmarks.NAMES, "eval.benchmarks",
+         f"{name!r} is not a benchmark; use names from {sorted(benchmarks.REGISTRY)}")
   from mma_jax.models.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
   for tower in ("llm", "vision"):
     need(c.model[tower].get("remat", "none") in REMAT_POLICIES, f"model.{tower}.remat",

@@ -3,9 +3,11 @@
   python -m mma_jax.evaluate --config=configs/sft_mma.py --workdir=DIR --benchmark=pope \\
       --data=POPE.tsv [--out=DIR]       # decode with the workdir's latest checkpoint, then score
   python -m mma_jax.evaluate score --benchmark=pope --predictions=FILE.tsv   # re-score, no model
+  ... [--rule=official|strict]   # a benchmark's other scoring rule; default vlmevalkit
 
 A benchmark (mma_jax.benchmarks.REGISTRY) is a table of rows: a VLMEvalKit TSV
-(mma_jax.data.vlmeval_tsv) or, for `synthetic`, the Task's test split. A TSV row becomes a
+(mma_jax.data.vlmeval_tsv) or, for `synthetic` / `records`, a split of the Task's own data.
+run_benchmark is the one path: the training loop's evaluations call it too. A TSV row becomes a
 normalized record whose human turn is "<image>\\n" + the benchmark's fixed prompt; every record
 goes through the Task's own chat template with drop_last_answer, into fixed-shape prompt batches
 (one compile). Writes <out>/<benchmark>_predictions.tsv (the table's columns minus image, plus
@@ -45,26 +47,18 @@ def predict(model, params, prompt_batches: Iterable, tokenizer, kind: str,
     yield [texts[i] for i in keep], [answers[i] for i in keep], [types[i] for i in keep]
 
 
-def evaluate(model, params, prompt_batches: Iterable, tokenizer, kind: str,
-             max_new_tokens: int, chance: Mapping[str, float]):
-  """Decode every batch and score. Returns (metrics dict, list of (pred, answer, type))."""
-  preds, answers, types = [], [], []
-  for p, a, t in predict(model, params, prompt_batches, tokenizer, kind, max_new_tokens):
-    preds += p; answers += a; types += t
-  return benchmarks.shapes_score(preds, answers, types, chance), list(zip(preds, answers, types))
-
-
 # --- benchmark tables -> records ---------------------------------------------------------------
 
-def synthetic_table(task) -> tuple[Table, Callable[[int], dict]]:
-  """The Task's test split as a table (index, id, question, answer, category) + its records."""
-  records = list(task.source("test"))
+def split_table(task, split: str) -> tuple[Table, Callable[[int], dict]]:
+  """A split of the Task's own records as a table (index, id, question, answer, category =
+  question type, or source name for imported records) + a function giving row i's record."""
+  records, categories = task.eval_records(split)
   rows = [{"index": str(i), "id": r["id"], "answer": r["conversations"][-1]["value"],
            "question": r["conversations"][-2]["value"].replace(chat.IMAGE_TAG, " ").strip(),
-           "category": r["question_type"]} for i, r in enumerate(records)]
-  table = Table("synthetic:test", ["index", "id", "question", "answer", "category"], rows,
+           "category": c} for i, (r, c) in enumerate(zip(records, categories))]
+  table = Table(f"{task.name}:{split}", ["index", "id", "question", "answer", "category"], rows,
                 list(range(1, len(rows) + 1)))
-  return table, records.__getitem__
+  return table, lambda i: task.with_pixels(records[i])
 
 
 def tsv_record(table: Table, bench: benchmarks.Benchmark, image_size: int, i: int) -> dict:
@@ -112,14 +106,6 @@ def default_data_path(bench: benchmarks.Benchmark) -> str:
   return os.path.join(root, f"{bench.vlmeval_name}.tsv")
 
 
-def prompt_encoder(tokenizer, tokens_per_image: int, order: str, image_size: int):
-  """record -> evaluation prompt: chat.encode with the tokenizer's chat template, stopping
-  after the assistant header. Prompts are conversations whatever the training stage."""
-  return functools.partial(chat.encode, tok=tokenizer, tokens_per_image=tokens_per_image,
-                           order=order, stage="sft", drop_last_answer=True,
-                           image_size=image_size)
-
-
 def decode_table(model, params, table: Table, record_of: Callable[[int], dict], encode,
                  tokenizer, config, counter) -> dict[int, str]:
   """Row position -> predicted text, decoding config.eval.batch_size rows at a time.
@@ -156,11 +142,89 @@ def decode_table(model, params, table: Table, record_of: Callable[[int], dict], 
   return predictions
 
 
-# --- the two commands --------------------------------------------------------------------------
+# --- one evaluation path: training, the CLI and re-scoring ---------------------------------------
 
-def _results(bench: benchmarks.Benchmark, rows, skipped: int, **extra) -> dict:
-  return {"benchmark": bench.name, "prompt": bench.prompt, "extraction": bench.extraction,
-          "rows": len(rows), "skipped_rows": skipped, **extra, "metrics": bench.metrics(rows)}
+def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
+  """config.eval.benchmarks 'pope,mme=/data/MME.tsv' -> [(name, TSV path or '')]; '' = the
+  default $LMUData/<VLMEvalKit name>.tsv. Unknown names are a ValueError naming the key."""
+  out = []
+  for item in filter(None, (x.strip() for x in spec.split(","))):
+    name, _, path = item.partition("=")
+    try:
+      out.append((benchmarks.get(name).name, path.strip()))
+    except ValueError as e:
+      raise ValueError(f"config.eval.benchmarks={spec!r}: {e}") from None
+  return out
+
+
+def own_benchmark(task) -> benchmarks.Benchmark:
+  """The benchmark that scores the Task's own splits: 'synthetic' or 'records'."""
+  return benchmarks.get("synthetic" if task.name == "shapes" else "records")
+
+
+def _results(bench: benchmarks.Benchmark, rows, skipped: int, rule: str = "", **extra) -> dict:
+  extraction, metrics = bench.scorer(rule)
+  return {"benchmark": bench.name, "rule": rule or benchmarks.DEFAULT_RULE,
+          "prompt": bench.prompt, "extraction": extraction, "rows": len(rows),
+          "skipped_rows": skipped, **extra, "metrics": metrics(rows)}
+
+
+def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None):
+  """<out>/<bench>_results.json (and the predictions TSV when rows are given), process 0."""
+  if not out or jax.process_index() != 0:  # every process holds all predictions; one writes
+    return
+  os.makedirs(out, exist_ok=True)
+  if rows is not None:
+    vlmeval_tsv.write_predictions(results["predictions"], columns, rows)
+  with open(os.path.join(out, f"{bench.name}_results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+
+
+def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
+                  split: str = "test", out: str = "", **extra) -> dict:
+  """Decode one benchmark with `params` and score it; the one path of every evaluation.
+
+  benchmark: a REGISTRY name. The Task's own benchmark ('synthetic' / 'records') reads its
+  `split`; any other reads a VLMEvalKit TSV (`data`, default $LMUData/<name>.tsv), with
+  rotated copies added for a circular one. Prompts: chat.prompt_encoder in the task's
+  evaluation order. Scoring: config.eval.rule ('' = vlmevalkit). Writes
+  <out>/<bench>_predictions.tsv and <out>/<bench>_results.json unless out is ''.
+  Returns the results dict (metrics next to the prompt, rule, extraction and decoding).
+  """
+  bench = benchmarks.get(benchmark)
+  counter = grain_pipeline.SkipCounter()
+  if bench.build_prompt is None:
+    if bench is not own_benchmark(task):
+      raise ValueError(f"--benchmark={bench.name} scores the built-in data's {split} split, "
+                       f"but config.data.source={config.data.source!r}; evaluate "
+                       f"{own_benchmark(task).name!r} or a benchmark TSV.")
+    table, record_of = split_table(task, split)
+  else:
+    data = data or default_data_path(bench)
+    table, orphans = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
+    if bench.circular:
+      extra["dropped_circular_copies"] = orphans
+    record_of = lambda i: tsv_record(table, bench, task.image_size, i)
+  tokens_per_image = model.cfg.tokens_per_image
+  encode = chat.prompt_encoder(task.tokenizer, tokens_per_image, task.eval_order(),
+                               task.image_size)
+  predictions = decode_table(model, params, table, record_of, encode, task.tokenizer, config,
+                             counter)
+  if counter.count:
+    logging.warning("%s: %d bad rows were skipped (config.eval.skip_bad_rows).", bench.name,
+                    counter.count)
+  rows = [dict(r, prediction=predictions[i]) for i, r in enumerate(table.rows) if i in predictions]
+  results = _results(
+      bench, rows, counter.count, config.eval.rule, data=data or table.path,
+      predictions=os.path.join(out, f"{bench.name}_predictions.tsv") if out else "",
+      decoding={"method": "greedy", "max_new_tokens": config.eval.max_new_tokens,
+                "mask": config.mask, "order": task.eval_order(),
+                "prompt_length": config.eval.prompt_length, "image_size": task.image_size},
+      **extra)
+  # A few (prediction, answer, category) triples to read next to the score.
+  results["examples"] = [[r["prediction"], r["answer"], r.get("category", "")] for r in rows[:20]]
+  _write(out, bench, results, table.columns, rows)
+  return results
 
 
 def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> dict:
@@ -174,21 +238,7 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
   from mma_jax.models import vlm
 
   config_lib.validate(config)
-  bench = benchmarks.get(benchmark)
-  counter = grain_pipeline.SkipCounter()
-  extra = {}  # read-time counts for the results JSON
   task = task_lib.Task(config, workdir)
-  if bench.build_prompt is None:
-    if config.data.source != "shapes":
-      raise ValueError(f"--benchmark={bench.name} is the built-in shapes test split, but "
-                       f"config.data.source={config.data.source!r}; evaluate a benchmark TSV.")
-    table, record_of = synthetic_table(task)
-  else:
-    data = data or default_data_path(bench)
-    table, orphans = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
-    if bench.circular:
-      extra["dropped_circular_copies"] = orphans
-    record_of = lambda i: tsv_record(table, bench, task.image_size, i)
   model_cfg = train._model_config(config, task.tokenizer.vocab_size)
   model = vlm.VLM(model_cfg)
   mesh = sharding.make_mesh(config.mesh.shape)
@@ -203,36 +253,25 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         sharding.unbox(abstract), shardings)
     params, step = checkpoint.load_params(workdir, template)
-    encode = prompt_encoder(task.tokenizer, model_cfg.tokens_per_image, task.eval_order(),
-                            task.image_size)
-    predictions = decode_table(model, {"params": params}, table, record_of, encode,
-                               task.tokenizer, config, counter)
-  if counter.count:
-    logging.warning("%d bad rows were skipped (config.eval.skip_bad_rows).", counter.count)
-  rows = [dict(r, prediction=predictions[i]) for i, r in enumerate(table.rows) if i in predictions]
-  out = out or os.path.join(workdir, "eval")
-  tsv_path = os.path.join(out, f"{bench.name}_predictions.tsv")
-  results = _results(
-      bench, rows, counter.count, data=data or table.path, workdir=os.path.abspath(workdir),
-      checkpoint_step=step, predictions=tsv_path,
-      decoding={"method": "greedy", "max_new_tokens": config.eval.max_new_tokens,
-                "mask": config.mask, "order": task.eval_order(),
-                "prompt_length": config.eval.prompt_length, "image_size": task.image_size},
-      **extra)
-  if jax.process_index() == 0:  # every process holds all predictions; one writes them
-    vlmeval_tsv.write_predictions(tsv_path, table.columns, rows)
-    with open(os.path.join(out, f"{bench.name}_results.json"), "w") as f:
-      json.dump(results, f, indent=1)
-  return results
+    return run_benchmark(model, {"params": params}, task, config, benchmark, data,
+                         out=out or os.path.join(workdir, "eval"),
+                         workdir=os.path.abspath(workdir), checkpoint_step=step)
 
 
-def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False) -> dict:
-  """Score an existing predictions table (ours or VLMEvalKit's, TSV) without a model."""
+def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False, rule: str = "",
+               out: str = "") -> dict:
+  """Score an existing predictions table (ours or VLMEvalKit's, TSV) without a model; writes
+  <out>/<bench>_results.json (out default: the table's folder; 'none' writes nothing)."""
   bench = benchmarks.get(benchmark)
+  bench.scorer(rule)  # an unknown rule fails before the table is read
   counter = grain_pipeline.SkipCounter()
   table = vlmeval_tsv.read_table(predictions, bench.required + ("prediction",), skip_bad_rows,
                                  counter)
-  return _results(bench, table.rows, counter.count, predictions=os.path.abspath(predictions))
+  results = _results(bench, table.rows, counter.count, rule,
+                     predictions=os.path.abspath(predictions))
+  if out != "none":
+    _write(out or os.path.dirname(os.path.abspath(predictions)), bench, results)
+  return results
 
 
 def format_results(results: dict) -> str:
@@ -242,6 +281,7 @@ def format_results(results: dict) -> str:
            f"{results['skipped_rows']} bad rows skipped"
            + (f", {dropped} circular copies without their main row dropped" if dropped else "")
            + ")",
+           f"rule        {results.get('rule', benchmarks.DEFAULT_RULE)}",
            f"prompt      {results['prompt']}", f"extraction  {results['extraction']}"]
   width = max((len(k) for k in results["metrics"]), default=0)
   lines += [f"  {k:<{width}}  {v:.3f}" for k, v in results["metrics"].items()]
@@ -260,10 +300,14 @@ def main(argv):
     if not f.predictions:
       raise app.UsageError("score needs --predictions=FILE.tsv.")
     skip = bool(f.config and f.config.eval.skip_bad_rows)
-    results = score_file(f.benchmark, f.predictions, skip)
+    rule = f.rule or (f.config.eval.rule if f.config else "")
+    results = score_file(f.benchmark, f.predictions, skip, rule, f.out)
   else:
     if f.config is None or not f.workdir:
       raise app.UsageError("--config and --workdir are required (or use the 'score' command).")
+    if f.rule:
+      with f.config.unlocked():
+        f.config.eval.rule = f.rule
     results = run(f.config, f.workdir, f.benchmark, f.data, f.out)
   print(format_results(results))
 
@@ -279,6 +323,10 @@ if __name__ == "__main__":
   flags.DEFINE_string("benchmark", "", f"One of {sorted(benchmarks.REGISTRY)}.")
   flags.DEFINE_string("data", "", "The benchmark's VLMEvalKit TSV; default "
                       "$LMUData/<VLMEvalKit name>.tsv.")
-  flags.DEFINE_string("out", "", "Where predictions and results go; default <workdir>/eval.")
+  flags.DEFINE_string("out", "", "Where predictions and results go; default <workdir>/eval "
+                      "(score: the predictions' folder; 'none' writes no results JSON).")
+  flags.DEFINE_string("rule", "", f"Scoring rule: {benchmarks.DEFAULT_RULE} (default) or a "
+                      "benchmark's other rule (vqav2: official; mmbench: strict); overrides "
+                      "config.eval.rule.")
   flags.DEFINE_string("predictions", "", "score: the predictions TSV to score.")
   app.run(main)

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mma_jax import attention as attn_lib
-from mma_jax import checkpoint, evaluate, masks, sharding
-from mma_jax.data import grain_pipeline
+from mma_jax import checkpoint, masks, sharding
+from mma_jax.data import chat, grain_pipeline
 from mma_jax.models import llm, rope, vlm
 
 # One image, one question: the types whose questions can be swapped between records.
@@ -134,7 +134,7 @@ def question_pairs(records, count: int) -> list[tuple[dict, dict]]:
 
 def prompt_batch(pairs, tokenizer, tokens_per_image: int, image_size: int) -> dict:
   """Rows 2p, 2p + 1: the two questions of pair p as I&T prompts, padded to one length."""
-  encode = evaluate.prompt_encoder(tokenizer, tokens_per_image, "I&T", image_size)
+  encode = chat.prompt_encoder(tokenizer, tokens_per_image, "I&T", image_size)
   examples = [(encode(r), None, None) for pair in pairs for r in pair]
   length = max(len(ex["tokens"]) for ex, _, _ in examples)
   prompt, _, _ = next(grain_pipeline.prompt_batches(

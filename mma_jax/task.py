@@ -1,6 +1,7 @@
 """The training task from config.data: records, tokenizer, train iterators, eval prompts.
 
 The one place the trainer asks for data, so another dataset changes this file, not the trainer.
+Evaluation prompts and scores come from mma_jax.evaluate.run_benchmark, for training too.
 config.data.source picks the data: 'shapes' (the built-in benchmark, prepared as TFDS
 ArrayRecord files under config.data.dir) or 'records' (directories written by
 mma_jax.data.importers, mixed by config.data.mixture; see mma_jax.data.mixture).
@@ -16,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from mma_jax import distributed
-from mma_jax.data import chat, grain_pipeline, mixture, records, synthetic, tfds_records
+from mma_jax.data import chat, grain_pipeline, mixture, records, tfds_records
 from mma_jax.data import tfds_shapes, vocab
 
 def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
@@ -59,7 +60,7 @@ class Task:
 
   def source(self, split: str):
     """Random-access records of a split (decoded lazily); for 'records', the training mixture
-    (evaluation reads the sources' own splits, see _eval_records)."""
+    (evaluation reads the sources' own splits, see eval_records)."""
     if self.builder is None:
       if split != "train":
         raise ValueError(f"Imported records are mixed for training only, not for {split!r}.")
@@ -68,15 +69,11 @@ class Task:
     return grain.MapDataset.source(self.builder.as_data_source(split)).map(
         tfds_shapes.decode_record)
 
-  def _encode(self, tokens_per_image: int, order: str, drop_last_answer: bool = False):
-    """A decoded record (uint8 images) -> example dict."""
-    return functools.partial(chat.encode, tok=self.tokenizer, tokens_per_image=tokens_per_image,
-                             order=order, stage=self.config.stage,
-                             drop_last_answer=drop_last_answer, image_size=self.image_size)
-
-  def _record_encode(self, tokens_per_image: int, order: str, drop_last_answer: bool = False):
-    """_encode for this task's own records: imported ones get their images decoded first."""
-    encode = self._encode(tokens_per_image, order, drop_last_answer)
+  def _record_encode(self, tokens_per_image: int, order: str):
+    """A training record -> example dict; imported records get their images decoded first."""
+    encode = functools.partial(chat.encode, tok=self.tokenizer,
+                               tokens_per_image=tokens_per_image, order=order,
+                               stage=self.config.stage, image_size=self.image_size)
     if self.builder is not None:
       return encode
     return functools.partial(_decoded_then, encode, self.image_size, self.config.stage)
@@ -104,11 +101,18 @@ class Task:
   def eval_order(self) -> str:
     return "I&T" if self.config.data.order == "DOT" else self.config.data.order
 
-  def _eval_records(self, split: str):
-    """(records, question types, chance per type) of a split, read once."""
+  @property
+  def name(self) -> str:
+    return self.config.data.source  # 'shapes' or 'records'
+
+  def eval_records(self, split: str) -> tuple[list[dict], list[str]]:
+    """(records, category per record) of an evaluation split, read once: the question type
+    for the shapes benchmark, the source name for imported records (at most
+    config.data.test_size / validation_size per source). Images stay encoded until
+    with_pixels."""
     if self.builder is not None:
       recs = list(self.source(split))
-      return recs, [r["question_type"] for r in recs], synthetic.chance(recs)
+      return recs, [r["question_type"] for r in recs]
     d = self.config.data
     limit = d.test_size if split == "test" else d.validation_size
     recs, names = [], []
@@ -120,15 +124,11 @@ class Task:
     if not recs:
       logging.warning("No imported source of config.data.mixture has a %r split, so there is "
                       "nothing to evaluate; import one with --split %s.", split, split)
-    return recs, names, {}  # accuracy per mixture source; no chance level
+    return recs, names
 
-  def eval_data(self, split: str, tokens_per_image: int):
-    """(prompt batches, chance per type) for a split, reading its records once."""
-    e = self.config.eval
-    encode = self._record_encode(tokens_per_image, self.eval_order(), drop_last_answer=True)
-    recs, types, chance = self._eval_records(split)
-    examples = [(encode(r), r["conversations"][-1]["value"], t) for r, t in zip(recs, types)]
-    batches = grain_pipeline.prompt_batches(examples, batch_size=e.batch_size,
-                                            prompt_length=e.prompt_length,
-                                            max_images=e.max_images, image_size=self.image_size)
-    return batches, chance
+  def with_pixels(self, record: dict) -> dict:
+    """An evaluation record ready for chat.encode: imported records get their images decoded
+    (chat.BadRecord names an undecodable one); the shapes records already are."""
+    if self.builder is not None:
+      return record
+    return records.with_pixels(record, self.image_size, "sft")

@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(jax.device_get(last_metrics), step, ckpt)  # never save a NaN state
           ckpt.save(step, state.params, state.opt_state, phase, iterator)
         if config.train.eval_every and step % config.train.eval_every == 0:
-          metrics, _ = _evaluate(model, state.params, data, "validation", config, model_cfg)
+          metrics, _ = _evaluate(model, state.params, data, "validation", config)
           writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
         if stopping:
           stopped = True
@@ -302,13 +302,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       ckpt.directory)
       writer.flush()
       return {}
-    metrics, predictions = _evaluate(model, state.params, data, "test", config, model_cfg)
+    metrics, results = _evaluate(model, state.params, data, "test", config,
+                                 os.path.join(workdir, "eval"))
   writer.write_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
   writer.flush()
   if jax.process_index() == 0:  # every process computed the same metrics
+    own = evaluate.own_benchmark(data).name
     with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"step": step, "metrics": metrics, "examples": predictions[:20]}, f, indent=1)
+      json.dump({"step": step, "metrics": metrics, "examples": results.get(own, {}).get("examples", []),
+                 "benchmarks": {n: r for n, r in results.items() if n != own}}, f, indent=1)
   logging.info("Test metrics at step %d:\n%s", step, format_metrics(metrics))
+  for name, r in results.items():
+    if name != evaluate.own_benchmark(data).name:
+      logging.info("Benchmark at step %d:\n%s", step, evaluate.format_results(r))
   return metrics
 
 
@@ -328,12 +334,21 @@ def _check_finite(metrics, step, ckpt):
         "config.optim.warmup_steps, then restart in the same workdir to resume from it.")
 
 
-def _evaluate(model, params, data, split, config, model_cfg):
+def _evaluate(model, params, data, split, config, out: str = ""):
+  """The Task's own split, then each of config.eval.benchmarks, through evaluate.run_benchmark
+  (the evaluate CLI's path). Returns (metrics: the split's, plus '<bench>/<metric>' for each
+  benchmark; results per benchmark name). PT runs are not evaluated."""
   if config.stage == "pt":
-    return {}, []
-  batches, chance = data.eval_data(split, model_cfg.tokens_per_image)
-  return evaluate.evaluate(model, {"params": params}, batches, data.tokenizer, config.mask,
-                           config.eval.max_new_tokens, chance)
+    return {}, {}
+  own = evaluate.own_benchmark(data).name
+  results = {own: evaluate.run_benchmark(model, {"params": params}, data, config, own,
+                                         split=split, out=out)}
+  metrics = dict(results[own]["metrics"])
+  for name, path in evaluate.parse_benchmarks(config.eval.benchmarks):
+    results[name] = evaluate.run_benchmark(model, {"params": params}, data, config, name, path,
+                                           out=out)
+    metrics.update({f"{name}/{k}": v for k, v in results[name]["metrics"].items()})
+  return metrics, results
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

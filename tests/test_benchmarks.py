@@ -35,6 +35,65 @@ def test_option_inference(text, expected):
   assert bm.infer_option(text, {"A": "cat", "B": "dog", "C": "bird"}) == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    # Verbose answers: "(correct) answer is X" anywhere, any case, bold allowed.
+    ("The correct answer is **C**. Here is why: birds have feathers and lay eggs, not cats.", "C"),
+    ("After looking at every part of the picture closely, the answer is b for sure now", "B"),
+    ("A careful look shows it; the answer is C, not A", "C"),  # two letters: the phrase decides
+    # Two options named, no phrase: nothing.
+    ("A or B", ""), ("either a cat or a dog", ""),
+    # Option text instead of a letter; an empty answer; the text 'nan' of an empty cell.
+    ("a dog", "B"), ("", ""), ("nan", ""),
+    # Z as a word (no option letter) and refusals: 'Z', never right; Z shadows the text rule.
+    ("Z", "Z"), ("Z dog", "Z"), ("Cannot determine the answer from this dog picture", "Z"),
+    # "answer is" followed by a word beginning with A-D is read as that letter, as VLMEvalKit does.
+    ("I would say the answer is dog", "D"),
+    ("answer is B", "B"), ("B.", "B"), ("(B)", "B"), ("**B**", "B")])
+def test_option_inference_vlmevalkit_hard_cases(text, expected):
+  opts = {"A": "cat", "B": "dog", "C": "bird", "D": "cow"}
+  assert bm.infer_option(text, opts) == expected
+
+
+def test_predictions_and_options_as_pandas_reads_them():
+  # An empty or 'None' prediction cell is NaN for pandas, scored as the text 'nan'.
+  assert bm.prediction({"prediction": ""}) == "nan" == bm.prediction({"prediction": "None"})
+  assert bm.prediction({}) == "nan" and bm.prediction({"prediction": "none"}) == "none"
+  # An option cell 'NA' does not exist for VLMEvalKit (prompt and extraction alike).
+  assert bm.options({"A": "cat", "B": "NA", "C": "dog"}) == {"A": "cat", "C": "dog"}
+  m = bm.mcq_metrics([dict(mcq(1, "A", "x", A="an", B="dog"), prediction=""),
+                      dict(mcq(2, "B", "x", A="cat", B="dog"), prediction="")])
+  assert m["overall"] == 50  # 'nan' contains the option text 'an' of row 1
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a no", "No"), ("Yes!", "Yes"), ("No, there is not.", "No"), ("yes/no", "Unknown"),
+    ("", "Unknown"), ("YES.", "Yes"), ("Answer: no", "No")])
+def test_yes_no_hard_cases(text, expected):
+  assert bm.yes_no(text) == expected
+
+
+@pytest.mark.parametrize("text,vlmevalkit,official", [
+    ("2.", "2.", "2"), ("2.5", "2.5", "2.5"), ("Two.", "2", "2"), ("e.g.", "eg", "eg"),
+    ("3. apples", "3. apples", "3 apples"), ("shes", "shes", "shes"),
+    ("somebody'd", "somebodyd", "somebodyd"), ("Dont!", "don't", "don't")])
+def test_vqa_normalisation_vlmevalkit_vs_official(text, vlmevalkit, official):
+  assert bm.normalize_vqa(text) == vlmevalkit
+  assert bm.normalize_vqa(text, official=True) == official
+
+
+def test_vqav2_rules_differ_on_a_period_after_a_digit():
+  answers = ["2"] * 10
+  assert bm.vqa_accuracy("2.", answers) == 0.0  # VLMEvalKit keeps '2.'
+  assert bm.vqa_accuracy("2.", answers, rule="official") == 1.0
+  # Official: answers all equal are compared raw (they are normalised annotations).
+  assert bm.vqa_accuracy("two", ["two"] * 10, rule="official") == 0.0
+  assert bm.vqa_accuracy("two", ["two"] * 10) == 1.0
+  assert bm.vqa_accuracy("red", ["red"]) == 0.0  # one answer: no other human agrees
+  rows = [{"answer": str(answers), "prediction": "2."}]
+  assert bm.get("vqav2").scorer("official")[1](rows)["overall"] == 100
+  assert bm.get("vqav2").metrics(rows)["overall"] == 0
+
+
 def test_vqa_accuracy_over_leave_one_out_subsets():
   three_red = ["red"] * 3 + ["blue"] * 7
   # Leaving out one of the 3 'red' leaves 2 -> 2/3; leaving out a 'blue' leaves 3 -> 1.
@@ -126,7 +185,7 @@ def test_circular_evaluation_with_an_inconsistent_answerer():
   assert vanilla["overall"] == pytest.approx(100 * 5 / 8)
 
 
-def test_circular_groups_missing_a_rotation_or_the_main_row_are_wrong_and_counted():
+def test_strict_circular_groups_missing_a_rotation_or_the_main_row_are_wrong_and_counted():
   table = bm.circularize([mcq(1, "B", "x", A="cat", B="dog", C="bird"),
                           mcq(2, "A", "x", A="red", B="blue", C="green"),
                           mcq(3, "A", "y", A="sun", B="moon", C="star")])
@@ -136,16 +195,49 @@ def test_circular_groups_missing_a_rotation_or_the_main_row_are_wrong_and_counte
   # 1: complete, all right. 2: the one wrong rotation was lost (a skipped row). 3: copies only.
   answered = [right[i] for i in ("1", "1000001", "2000001", "2", "1000002", "1000003",
                                  "2000003")]
-  m = bm.circular_metrics(answered)
+  m = bm.circular_metrics(answered, strict=True)
   assert m["questions"] == 3 and m["incomplete_groups"] == 2
   assert m["overall"] == pytest.approx(100 / 3)  # only question 1 counts as right
   assert m["category/x"] == 50 and m["category/y"] == 0  # 3 reported by its copies' category
   assert m["noncircular/overall"] == 100  # main rows 1 and 2, both right
-  complete = bm.circular_metrics(list(right.values()))
+  complete = bm.circular_metrics(list(right.values()), strict=True)
   assert complete["overall"] == 100 and complete["incomplete_groups"] == 0
   # A question that cannot be rotated is complete alone (circularize adds no copies).
-  lone = bm.circular_metrics([dict(mcq(4, "A", "x", A="a", B="b", D="d"), prediction="A")])
+  lone = bm.circular_metrics([dict(mcq(4, "A", "x", A="a", B="b", D="d"), prediction="A")],
+                             strict=True)
   assert lone["overall"] == 100 and lone["incomplete_groups"] == 0
+
+
+def test_vlmevalkit_circular_scores_the_rows_present_of_groups_with_a_main_row():
+  table = bm.circularize([mcq(1, "B", "x", A="cat", B="dog", C="bird"),
+                          mcq(2, "A", "x", A="red", B="blue", C="green"),
+                          mcq(3, "A", "y", A="sun", B="moon", C="star")])
+  right = {r["index"]: dict(r, prediction=r["answer"]) for r in table}
+  wrong = lambda i: dict(right[i], prediction="C" if right[i]["answer"] != "C" else "A")
+  # All copies: 1 right everywhere, 2 wrong in one rotation, 3 right -> 2 of 3.
+  full = [right[i] for i in right if i != "1000002"] + [wrong("1000002")]
+  m = bm.circular_metrics(full)
+  assert m["overall"] == pytest.approx(200 / 3) and m["incomplete_groups"] == 0
+  assert m["category/x"] == 50 and m["category/y"] == 100
+  # Some copies: 1 complete, 2 lost its wrong rotation (now right on what is there), 3 has
+  # copies only (not scored: its main row is absent) -> 2 of 2, 2 orphan rows.
+  some = [right[i] for i in ("1", "1000001", "2000001", "2", "1000002", "1000003", "2000003")]
+  m = bm.circular_metrics(some)
+  assert m["questions"] == 2 and m["overall"] == 100 and m["orphan_rows"] == 2
+  assert m["incomplete_groups"] == 1 and "category/y" not in m
+  # No copies: each main row alone, as VLMEvalKit scores a table without them.
+  none = [right["1"], wrong("2"), right["3"]]
+  m = bm.circular_metrics(none)
+  assert m["overall"] == pytest.approx(200 / 3) and m["noncircular/overall"] == m["overall"]
+  assert m["incomplete_groups"] == 3 and m["orphan_rows"] == 0
+  assert bm.circular_metrics(none, strict=True)["overall"] == 0  # strict: all incomplete
+  # The registry's rules: the default and the named strict one.
+  bench = bm.get("mmbench")
+  assert bench.rules == ("vlmevalkit", "strict")
+  assert bench.scorer("strict")[1](none)["overall"] == 0
+  assert bench.scorer("")[1](none)["overall"] == pytest.approx(200 / 3)
+  with pytest.raises(ValueError, match="no scoring rule 'official'; its rules are"):
+    bench.scorer("official")
 
 
 def test_mcq_cvbench_vqa_gqa_and_synthetic():
@@ -153,9 +245,10 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
       dict(mcq(1, "A", "x", A="cat", B="dog"), prediction="A", split="dev"),
       dict(mcq(2, "B", "x", A="cat", B="dog"), prediction="cat", split="dev"),
       dict(mcq(3, "B", "y", A="cat", B="dog"), prediction="The answer is B", split="dev"),
-      {"index": "4", "answer": "3", "question": "open", "category": "y", "prediction": "3."}])
-  assert m["overall"] == 75 and m["category/x"] == 50 and m["category/y"] == 100
-  assert m["split/dev"] == pytest.approx(200 / 3)
+      {"index": "4", "answer": "3", "question": "open", "category": "y", "prediction": "3"}])
+  # The open row (no options) infers nothing and is wrong, as in VLMEvalKit without a judge.
+  assert m["overall"] == 50 and m["category/x"] == 50 and m["category/y"] == 50
+  assert m["split/dev"] == pytest.approx(200 / 3) and m["open_rows"] == 1
 
   cv = bm.cvbench_metrics([
       {"answer": "(A)", "prediction": "A", "source": "ADE20K"},
@@ -178,9 +271,12 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
       {"answer": str(["2"] * 10), "prediction": "two", "answer_type": "number"}])
   assert vqa["overall"] == pytest.approx(95) and vqa["answer_type/number"] == 100
 
-  gqa = bm.gqa_metrics([{"answer": "the table", "prediction": "Table."},
+  # GQA: strip + lower only: articles and periods count.
+  gqa = bm.gqa_metrics([{"answer": "table", "prediction": " Table "},
+                        {"answer": "the table", "prediction": "table"},
+                        {"answer": "table", "prediction": "table."},
                         {"answer": "left", "prediction": "right"}])
-  assert gqa["overall"] == 50
+  assert gqa["overall"] == 25
 
   syn = bm.synthetic_metrics(rows(
       {"prediction": "Yes", "answer": "yes", "category": "exist"},
@@ -196,14 +292,14 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
 
 
 def test_registry_records_prompt_and_extraction_and_resolves_names():
-  assert set(bm.REGISTRY) == {"pope", "mme", "mmbench", "seedbench_img", "realworldqa",
-                              "cvbench", "scienceqa_img", "vqav2", "gqa", "synthetic"}
+  assert set(bm.REGISTRY) >= {"pope", "mme", "mmbench", "seedbench_img", "realworldqa",
+                              "cvbench", "scienceqa_img", "vqav2", "gqa", "synthetic", "records"}
   for b in bm.REGISTRY.values():
     assert b.prompt and b.extraction
   assert bm.get("MMBench_DEV_EN").name == "mmbench" and bm.get("CV-Bench").name == "cvbench"
   assert bm.get("POPE").name == "pope"
-  with pytest.raises(ValueError, match="Unknown benchmark 'mmmu'; use one of"):
-    bm.get("mmmu")
+  with pytest.raises(ValueError, match="Unknown benchmark 'nosuch'; use one of"):
+    bm.get("nosuch")
   row = {"question": "What is it?", "hint": "A zoo.", "A": "cat", "B": "dog", "C": ""}
   assert bm.mcq_prompt(row) == ("Hint: A zoo.\nQuestion: What is it?\nOptions:\nA. cat\nB. dog\n"
                                 "Please select the correct answer from the options above. \n")

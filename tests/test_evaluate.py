@@ -11,7 +11,7 @@ import pytest
 
 from mma_jax import benchmarks as bm
 from mma_jax import evaluate, train
-from mma_jax.data import grain_pipeline, vocab
+from mma_jax.data import chat, grain_pipeline, vocab
 from mma_jax.data.vlmeval_tsv import BadRow
 from tests.data.test_vlmeval_tsv import BLUE, RED, image_b64, write_tsv
 
@@ -92,7 +92,7 @@ def test_bad_rows_stop_decoding_with_file_and_row_or_are_counted(tmp_path):
   table, orphans = evaluate.read_benchmark(bm.get("pope"), data, False, None)
   assert orphans == 0
   table.rows[2]["question"] = "is there " * 20
-  encode = evaluate.prompt_encoder(vocab.shapes_tokenizer(), 4, "I&T", 16)
+  encode = chat.prompt_encoder(vocab.shapes_tokenizer(), 4, "I&T", 16)
   record_of = lambda i: evaluate.tsv_record(table, bm.get("pope"), 16, i)
   decode = lambda: evaluate.decode_table(None, None, table, record_of, encode, None, config,
                                          counter)

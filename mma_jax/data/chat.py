@@ -13,6 +13,7 @@ Each image is one placeholder token in the text, expanded to tokens_per_image sl
 from __future__ import annotations
 
 import bisect
+import functools
 
 import numpy as np
 
@@ -136,3 +137,11 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
     end = tpl.conversation_end if t == len(turns) - 1 else ""
     p.add(clean(answer) + tpl.assistant_end + end, RESPONSE, t)
   return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))
+
+
+def prompt_encoder(tok: Tokenizer, tokens_per_image: int, order: str, image_size: int):
+  """record -> evaluation prompt: encode with the tokenizer's chat template, stopping after the
+  last assistant header. Prompts are conversations whatever the training stage. The one
+  builder of evaluation prompts (training-time evaluation, the evaluate CLI, mechanism)."""
+  return functools.partial(encode, tok=tok, tokens_per_image=tokens_per_image, order=order,
+                           stage="sft", drop_last_answer=True, image_size=image_size)

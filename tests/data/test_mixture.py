@@ -10,7 +10,7 @@ import pytest
 import tokenizers
 
 from mma_jax import config as config_lib
-from mma_jax import optimizer, task, train
+from mma_jax import evaluate, optimizer, task, train
 from mma_jax.data import mixture, vocab
 from mma_jax.data.importers import import_source
 from mma_jax.models import vlm
@@ -128,10 +128,10 @@ def test_pipeline_batches_of_imported_records(imported, tmp_path):
   assert batch["images"].shape == (2, 4, 16, 16, 3)
   assert (batch["image_valid"].sum(1) == (batch["modality"] == 1).sum(1) // 4).all()
   assert batch["loss_mask"].any() and (batch["turn"] == 1).any()  # multi-turn kept whole
-  batches, chance = t.eval_data("test", tokens_per_image=4)
-  prompts, answers, types = next(iter(batches))
-  assert chance == {} and [a for a in answers if a] == ["top left", "the second", "hi"]
-  assert set(t for t in types if t) == {"mine"}
+  table, record_of = evaluate.split_table(t, "test")
+  assert [r["answer"] for r in table.rows] == ["top left", "the second", "hi"]
+  assert {r["category"] for r in table.rows} == {"mine"}
+  assert record_of(0)["images"][0].shape == (16, 16, 3)  # decoded for the prompt encoder
 
   c = small_config(imported, "kale=1")
   c.stage = "pt"
