@@ -169,14 +169,22 @@ def _results(bench: benchmarks.Benchmark, rows, skipped: int, rule: str = "", **
           "skipped_rows": skipped, **extra, "metrics": metrics(rows)}
 
 
-def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None):
-  """<out>/<bench>_results.json (and the predictions TSV when rows are given), process 0."""
+def results_name(bench: benchmarks.Benchmark, rule: str = "") -> str:
+  """<bench>_results.json; <bench>_<rule>_results.json for a rule other than the default."""
+  rule = "" if rule == benchmarks.DEFAULT_RULE else rule
+  return f"{bench.name}_{rule + '_' if rule else ''}results.json"
+
+
+def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None,
+           name: str = ""):
+  """<out>/<name> (default results_name) and the predictions TSV when rows are given, written
+  by process 0."""
   if not out or jax.process_index() != 0:  # every process holds all predictions; one writes
     return
   os.makedirs(out, exist_ok=True)
   if rows is not None:
     vlmeval_tsv.write_predictions(results["predictions"], columns, rows)
-  with open(os.path.join(out, f"{bench.name}_results.json"), "w") as f:
+  with open(os.path.join(out, name or results_name(bench, results.get("rule", ""))), "w") as f:
     json.dump(results, f, indent=1)
 
 
@@ -269,8 +277,14 @@ def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False, ru
                                  counter)
   results = _results(bench, table.rows, counter.count, rule,
                      predictions=os.path.abspath(predictions))
+  out = out or os.path.dirname(os.path.abspath(predictions))
   if out != "none":
-    _write(out or os.path.dirname(os.path.abspath(predictions)), bench, results)
+    # A model run's results JSON there keeps what only it knows (decoding, checkpoint).
+    path = os.path.join(out, results_name(bench, rule))
+    if os.path.isfile(path):
+      with open(path) as f:
+        results = {**json.load(f), **results}
+    _write(out, bench, results, name=results_name(bench, rule))
   return results
 
 

@@ -47,11 +47,26 @@ def make_config(data_dir):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """(config, workdir, test metrics of the training run)."""
+  """(config, workdir, test metrics of the training run: the synthetic test split's only;
+  the run also scores a POPE fixture through config.eval.benchmarks)."""
   root = tmp_path_factory.mktemp("eval")
   config = make_config(str(root / "tfds"))
+  config.eval.benchmarks = "pope=" + pope_fixture(root / "pope.tsv")
   workdir = str(root / "run")
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  metrics = train.train_and_evaluate(config, workdir)
+  assert {k for k in metrics if "/" in k and k.split("/")[0] == "pope"}
+  return config, workdir, {k: v for k, v in metrics.items() if not k.startswith("pope/")}
+
+
+def test_training_scores_config_benchmarks_as_the_cli_does(trained, tmp_path):
+  config, workdir, _ = trained
+  data = config.eval.benchmarks.split("=", 1)[1]
+  saved = json.load(open(os.path.join(workdir, "results.json")))["benchmarks"]["pope"]
+  written = json.load(open(os.path.join(workdir, "eval", "pope_results.json")))
+  cli = evaluate.run(config, workdir, "pope", data=data, out=str(tmp_path))
+  assert saved["metrics"] == written["metrics"] == cli["metrics"]  # same prompts and scorer
+  assert saved["rule"] == cli["rule"] == "vlmevalkit" and saved["rows"] == 3
+  assert saved["prompt"] == cli["prompt"] and saved["decoding"] == cli["decoding"]
 
 
 def pope_fixture(path, bad_image=False):
@@ -166,6 +181,14 @@ def test_cli_on_a_fixture_tsv_then_rescoring_without_a_model(trained, tmp_path):
       [sys.executable, "-m", "mma_jax.evaluate", "score", "--benchmark=pope",
        f"--predictions={predictions}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert score.returncode == 0, score.stderr[-3000:]
+  # score writes the same results JSON, keeping what the model run recorded (decoding).
+  rescored = json.load(open(os.path.join(out, "pope_results.json")))
+  assert rescored["metrics"] == pytest.approx(results["metrics"])
+  assert rescored["decoding"] == results["decoding"] and rescored["rule"] == "vlmevalkit"
+  bad = subprocess.run(
+      [sys.executable, "-m", "mma_jax.evaluate", "score", "--benchmark=pope", "--rule=strict",
+       f"--predictions={predictions}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "no scoring rule 'strict'" in bad.stderr
   assert score.stdout.strip() == evaluate.format_results(
       evaluate.score_file("pope", predictions)).strip()
   f1 = next(line for line in score.stdout.splitlines() if line.split()[0] == "overall/f1")
