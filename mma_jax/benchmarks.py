@@ -60,8 +60,7 @@ def cell(row: Row, key: str) -> str:
 
 def prediction(row: Row) -> str:
   """The prediction as VLMEvalKit scores it: str() of the pandas cell ('nan' when missing)."""
-  value = row.get("prediction")
-  return "nan" if value is None or value in PANDAS_NA else value
+  return cell(row, "prediction") or "nan"
 
 
 def strip_punctuation(text: str, official: bool = False) -> str:
@@ -584,14 +583,15 @@ def mme_realworld_metrics(rows: Sequence[Row]) -> dict[str, float]:
     if "attribute" in l2:
       l2 = l2.split("/")[0] + "/attribute"
     hits[(parts[0], parts[1], l2)].append(mme_realworld_letter(prediction(row)) == row["answer"])
-  out = {"overall": _percent([h for v in hits.values() for h in v])}
-  for task in sorted({t for t, _, _ in hits}):
-    out[f"{task}/avg"] = _percent([h for (t, _, _), v in hits.items() if t == task for h in v])
-    for sub in sorted({s for t, s, _ in hits if t == task}):
-      out[f"{task}/{sub}/avg"] = _percent(
-          [h for (t, s, _), v in hits.items() if (t, s) == (task, sub) for h in v])
-      out.update({f"{task}/{sub}/{c}": _percent(v) for (t, s, c), v in sorted(hits.items())
-                  if (t, s) == (task, sub)})
+  by_task, by_subtask = collections.defaultdict(list), collections.defaultdict(list)
+  for (t, s, _), v in hits.items():
+    by_task[t] += v
+    by_subtask[(t, s)] += v
+  out = {"overall": _percent([h for v in by_task.values() for h in v])}
+  for (t, sub, c), v in sorted(hits.items()):  # each average before the groups inside it
+    out.setdefault(f"{t}/avg", _percent(by_task[t]))
+    out.setdefault(f"{t}/{sub}/avg", _percent(by_subtask[(t, sub)]))
+    out[f"{t}/{sub}/{c}"] = _percent(v)
   return out
 
 
@@ -733,6 +733,19 @@ REGISTRY = {b.name: b for b in (
               required=("index", "question", "answer", "category", "l2-category"),
               vlmeval_name="MME-RealWorld", aliases=("mme-realworld", "mmerealworld")),
 )}
+
+
+def parse_list(spec: str) -> list[tuple[str, str]]:
+  """config.eval.benchmarks 'pope,mme=/data/MME.tsv' -> [(name, TSV path or '')]; '' = the
+  default $LMUData/<VLMEvalKit name>.tsv. Unknown names are a ValueError naming the key."""
+  out = []
+  for item in filter(None, (x.strip() for x in spec.split(","))):
+    name, _, path = item.partition("=")
+    try:
+      out.append((get(name).name, path.strip()))
+    except ValueError as e:
+      raise ValueError(f"config.eval.benchmarks={spec!r}: {e}") from None
+  return out
 
 
 # Every name `get` accepts, lowercase.

@@ -144,19 +144,6 @@ def decode_table(model, params, table: Table, record_of: Callable[[int], dict], 
 
 # --- one evaluation path: training, the CLI and re-scoring ---------------------------------------
 
-def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
-  """config.eval.benchmarks 'pope,mme=/data/MME.tsv' -> [(name, TSV path or '')]; '' = the
-  default $LMUData/<VLMEvalKit name>.tsv. Unknown names are a ValueError naming the key."""
-  out = []
-  for item in filter(None, (x.strip() for x in spec.split(","))):
-    name, _, path = item.partition("=")
-    try:
-      out.append((benchmarks.get(name).name, path.strip()))
-    except ValueError as e:
-      raise ValueError(f"config.eval.benchmarks={spec!r}: {e}") from None
-  return out
-
-
 def own_benchmark(task) -> benchmarks.Benchmark:
   """The benchmark that scores the Task's own splits: 'synthetic' or 'records'."""
   return benchmarks.get("synthetic" if task.name == "shapes" else "records")
@@ -175,16 +162,15 @@ def results_name(bench: benchmarks.Benchmark, rule: str = "") -> str:
   return f"{bench.name}_{rule + '_' if rule else ''}results.json"
 
 
-def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None,
-           name: str = ""):
-  """<out>/<name> (default results_name) and the predictions TSV when rows are given, written
-  by process 0."""
+def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None):
+  """<out>/results_name(bench, results' rule) and the predictions TSV when rows are given,
+  written by process 0."""
   if not out or jax.process_index() != 0:  # every process holds all predictions; one writes
     return
   os.makedirs(out, exist_ok=True)
   if rows is not None:
     vlmeval_tsv.write_predictions(results["predictions"], columns, rows)
-  with open(os.path.join(out, name or results_name(bench, results.get("rule", ""))), "w") as f:
+  with open(os.path.join(out, results_name(bench, results["rule"])), "w") as f:
     json.dump(results, f, indent=1)
 
 
@@ -284,7 +270,7 @@ def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False, ru
     if os.path.isfile(path):
       with open(path) as f:
         results = {**json.load(f), **results}
-    _write(out, bench, results, name=results_name(bench, rule))
+    _write(out, bench, results)
   return results
 
 

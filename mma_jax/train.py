@@ -23,7 +23,7 @@ from clu import metric_writers, periodic_actions
 
 from mma_jax import checkpoint as ckpt_lib
 from mma_jax import config as config_lib
-from mma_jax import distributed, evaluate, flops, memory, optimizer, sharding
+from mma_jax import benchmarks, distributed, evaluate, flops, memory, optimizer, sharding
 from mma_jax import task
 from mma_jax.models import configs as model_configs
 from mma_jax.models import vlm
@@ -306,14 +306,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  os.path.join(workdir, "eval"))
   writer.write_scalars(step, {f"test/{k}": v for k, v in metrics.items()})
   writer.flush()
+  own = evaluate.own_benchmark(data).name
   if jax.process_index() == 0:  # every process computed the same metrics
-    own = evaluate.own_benchmark(data).name
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"step": step, "metrics": metrics, "examples": results.get(own, {}).get("examples", []),
                  "benchmarks": {n: r for n, r in results.items() if n != own}}, f, indent=1)
   logging.info("Test metrics at step %d:\n%s", step, format_metrics(metrics))
   for name, r in results.items():
-    if name != evaluate.own_benchmark(data).name:
+    if name != own:
       logging.info("Benchmark at step %d:\n%s", step, evaluate.format_results(r))
   return metrics
 
@@ -344,7 +344,7 @@ def _evaluate(model, params, data, split, config, out: str = ""):
   results = {own: evaluate.run_benchmark(model, {"params": params}, data, config, own,
                                          split=split, out=out)}
   metrics = dict(results[own]["metrics"])
-  for name, path in evaluate.parse_benchmarks(config.eval.benchmarks):
+  for name, path in benchmarks.parse_list(config.eval.benchmarks):
     results[name] = evaluate.run_benchmark(model, {"params": params}, data, config, name, path,
                                            out=out)
     metrics.update({f"{name}/{k}": v for k, v in results[name]["metrics"].items()})
