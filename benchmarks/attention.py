@@ -160,8 +160,10 @@ def train_batch(rng, batch: int, length: int, tokens_per_image: int, image_size:
 
 def bench_train_step(args):
   from mma_jax import config as config_lib
-  from mma_jax import optimizer, presets, train
-  from mma_jax.models import configs, vlm
+  from mma_jax import tokens
+  from mma_jax.models import configs, presets, vlm
+  from mma_jax.train import optimizer
+  from mma_jax.train import step as step_lib
 
   print("\nTrain step MMA / causal (same batch, same model):")
   on_accelerator = jax.default_backend() != "cpu"
@@ -178,13 +180,13 @@ def bench_train_step(args):
     batch = train_batch(np.random.default_rng(0), args.train_batch, length,
                         cfg.tokens_per_image, cfg.vision.image_size, cfg.llm.vocab_size,
                         args.quick)
-    model_batch = {k: batch[k] for k in train.MODEL_KEYS}
+    model_batch = {k: batch[k] for k in tokens.MODEL_KEYS}
     params = jax.jit(lambda: model.init(jax.random.key(0), model_batch, "causal")["params"])()
     optim = config_lib.base_config().optim
     opt, _ = optimizer.make(optim, 100, params)
     trainable = optimizer.trainable_mask(params, optim.freeze)
-    state = train.TrainState(jnp.int32(0), params, opt.init(params))
-    steps = [jax.jit(train.make_train_step(model, opt, kind, 1, trainable))
+    state = step_lib.TrainState(jnp.int32(0), params, opt.init(params))
+    steps = [jax.jit(step_lib.make_train_step(model, opt, kind, 1, trainable))
              for kind in ("causal", "mma")]
     times = dict(zip(("causal", "mma"), best_times(steps, (state, batch), args.reps)))
     print(f"  {name} (L={length}, batch {args.train_batch}, attention "

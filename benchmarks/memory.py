@@ -5,13 +5,13 @@
   python benchmarks/memory.py --preset=llama3.2-1b --mesh=1,16,1 --xla   # + XLA's view (slow)
 
 Shapes come from jax.eval_shape and shardings from the logical rules on a device-free
-AbstractMesh (mma_jax.memory): parameters and optimizer state exactly, activations as an
+AbstractMesh (mma_jax.train.memory): parameters and optimizer state exactly, activations as an
 estimate under each preset's remat policy and the attention kernel of --backend. --xla also
 compiles the real train step for fake CPU devices of that mesh (inputs are abstract: still
 nothing allocated) and prints the compiler's per-device arguments and temporaries; XLA:CPU
 schedules differently and runs CPU attention (dense scores up to 512 keys, blockwise beyond),
 so compare it with --backend=cpu: a cross-check of the estimate, not a TPU measurement.
-FLOPs: model FLOPs of one step (mma_jax.flops) and the step time at 100% of --peak_tflops.
+FLOPs: model FLOPs of one step (mma_jax.models.flops) and the step time at 100% of --peak_tflops.
 """
 import argparse
 import os
@@ -49,8 +49,9 @@ def main(argv=None):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={args.devices}")
   from mma_jax import config as config_lib
-  from mma_jax import flops, memory, presets, sharding
-  from mma_jax.models import configs
+  from mma_jax import sharding
+  from mma_jax.models import build, configs, flops, presets
+  from mma_jax.train import memory
 
   optim_cfg = config_lib.base_config().optim
   optim_cfg.freeze = tuple(r for r in args.freeze.split(",") if r)
@@ -70,7 +71,7 @@ def main(argv=None):
     if args.remat:
       model.llm.remat = model.vision.remat = args.remat
     cfg = configs.vlm_config_from_dict(model.to_dict())
-    trainable = memory.trainable_components(sharding.unbox(memory.abstract_params(cfg)),
+    trainable = memory.trainable_components(sharding.unbox(build.abstract_params(cfg)),
                                             optim_cfg.freeze)
     step_flops = flops.train_step(cfg, args.batch, args.length, args.images, trainable)
     for shape in meshes:

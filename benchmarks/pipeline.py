@@ -13,11 +13,13 @@ import time
 import grain
 import numpy as np
 
-from mma_jax.data import chat, grain_pipeline, tfds_shapes, vocab
+from mma_jax.data import chat, vocab
+from mma_jax.data import pipeline
+from mma_jax.data.shapes import builder as shapes_builder
 
 
 def measure(source, encode, packing, batches, batch_size, length):
-  ds = grain_pipeline.train_dataset(source, encode, batch_size=batch_size, pack_length=length,
+  ds = pipeline.train_dataset(source, encode, batch_size=batch_size, pack_length=length,
                                     max_images=4, packing=packing, prefetch=0)
   it = iter(ds)
   next(it)  # warm up
@@ -37,9 +39,9 @@ def main():
   parser.add_argument("--length", type=int, default=160)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as d:
-    builder = tfds_shapes.builder(d, train_size=1200, validation_size=10, test_size=10)
+    builder = shapes_builder.builder(d, train_size=1200, validation_size=10, test_size=10)
     source = grain.MapDataset.source(builder.as_data_source("train")).map(
-        tfds_shapes.decode_record)
+        shapes_builder.decode_record)
     for stage in ("sft", "pt"):
       encode = functools.partial(chat.encode, tok=vocab.shapes_tokenizer(), tokens_per_image=16,
                                  stage=stage)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from mma_jax import masks
-from mma_jax.kernels import blockwise, pallas_gpu, pallas_tpu
+from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu
 from mma_jax.kernels.block_mask import TokenIds
 
 __all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS"]
@@ -80,7 +80,7 @@ _KERNELS = {
     "pallas_gpu": pallas_gpu.attention,
     "pallas_tpu": pallas_tpu.attention,
 }
-IMPLEMENTATIONS = ("auto",) + tuple(_KERNELS)
+assert IMPLEMENTATIONS == ("auto",) + tuple(_KERNELS), "kernels.IMPLEMENTATIONS is out of date"
 
 
 def resolve(implementation: str, num_keys: int, backend: str | None = None) -> str:
@@ -98,18 +98,9 @@ def resolve(implementation: str, num_keys: int, backend: str | None = None) -> s
   return "xla" if num_keys <= DENSE_MAX_KEYS else "blockwise"
 
 
-def _current_mesh():
-  """The mesh of `with jax.set_mesh(mesh)`, else of the legacy `with mesh:` (train.py)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    from jax._src import mesh as mesh_lib  # the legacy context has no public getter left
-    mesh = mesh_lib.thread_resources.env.physical_mesh
-  return mesh
-
-
 def _per_shard(fn, q, k):
   """fn under shard_map over the batch (and heads) axes when a multi-device mesh is active."""
-  mesh = _current_mesh()
+  mesh = jax.sharding.get_abstract_mesh()  # of `with jax.set_mesh(mesh)` (sharding.use)
   if mesh.empty or mesh.size == 1:
     return fn
   batch, heads, kv_heads = nn.logical_to_mesh_axes(("batch", "heads", "kv_heads"))

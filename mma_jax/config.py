@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import ml_collections
 
-KINDS = ("causal", "mma", "prefix")
-ORDERS = ("I&T", "T&I", "DOT")
-STAGES = ("pt", "sft")
+from mma_jax.evaluate import scoring
+from mma_jax.models import presets
+from mma_jax.models.configs import REMAT_POLICIES
+from mma_jax.tokens import KINDS, ORDERS, STAGES
+
 DATA_SOURCES = ("shapes", "records")
-
-
-def tiny_model() -> ml_collections.ConfigDict:
-  """The built-in default: trains on a 2-core CPU in minutes. vocab_size 0 = the tokenizer's."""
-  return ml_collections.ConfigDict({
-      "vision": dict(image_size=32, patch_size=8, hidden=64, layers=2, heads=4, mlp_dim=128),
-      "connector": dict(kind="mlp"),
-      "llm": dict(vocab_size=0, hidden=128, layers=3, heads=4, kv_heads=2, head_dim=32,
-                  mlp_dim=256, dtype="float32", remat="none"),
-  })
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = "mma"             # 'causal' | 'mma' | 'prefix'
   c.init_from = ""           # PT workdir (or checkpoint dir) to start SFT from; '' = scratch
   c.seed = 0
-  c.model = tiny_model()
+  c.model = presets.model("tiny")
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "shapes"   # 'shapes' (built-in benchmark) | 'records' (imported, see mixture)
@@ -77,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   # VLMEvalKit benchmarks scored at every evaluation, through the evaluate CLI's own path:
   # 'pope,mme=/data/MME.tsv' (name or name=TSV; no path = $LMUData/<VLMEvalKit name>.tsv).
   c.eval.benchmarks = ""
-  c.eval.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.benchmarks.RULES)
+  c.eval.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.evaluate.scoring.RULES)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
@@ -114,11 +106,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
   need(c.train.log_every > 0, "train.log_every", "must be positive")
-  from mma_jax import benchmarks  # pylint: disable=g-import-not-at-top
-  need(c.eval.rule in ("",) + benchmarks.RULES, "eval.rule",
-       f"use '' (= {benchmarks.DEFAULT_RULE}) or one of {benchmarks.RULES}")
-  benchmarks.parse_list(c.eval.benchmarks)  # an unknown name: an error naming the key
-  from mma_jax.models.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  need(c.eval.rule in ("",) + scoring.RULES, "eval.rule",
+       f"use '' (= {scoring.DEFAULT_RULE}) or one of {scoring.RULES}")
+  scoring.parse_list(c.eval.benchmarks)  # an unknown name: an error naming the key
   for tower in ("llm", "vision"):
     need(c.model[tower].get("remat", "none") in REMAT_POLICIES, f"model.{tower}.remat",
-         f"use one of {sorted(REMAT_POLICIES)}")
+         f"use one of {REMAT_POLICIES}")

@@ -9,15 +9,15 @@ Every question is asked about the same image in one batch (one compiled decode).
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 import numpy as np
 from absl import app, flags
 
-from mma_jax import decode
+from mma_jax.evaluate import decode
+from mma_jax.evaluate import prompts
 from mma_jax.convert import hf
-from mma_jax.data import chat, grain_pipeline, images, vocab
+from mma_jax.data import chat, images, vocab
 from mma_jax.models import configs, vlm
 
 
@@ -47,7 +47,7 @@ def answer(model, params, tok: vocab.Tokenizer, image: np.ndarray, questions: Se
     examples.append((chat.encode(record, tok, tpi, order=order, drop_last_answer=True,
                                  image_size=size), None, None))
   length = max(len(ex["tokens"]) for ex, _, _ in examples)
-  prompt, _, _ = next(grain_pipeline.prompt_batches(
+  prompt, _, _ = next(prompts.prompt_batches(
       examples, batch_size=len(examples), prompt_length=length, max_images=1, image_size=size))
   tokens, lengths = decode.generate(model, {"params": params}, prompt, kind=kind,
                                     max_new_tokens=max_new_tokens, eos_id=tok.stop_ids,

@@ -5,7 +5,9 @@ Every process of a multi-host run executes this same command (see launch/ and th
 from absl import app, flags
 from ml_collections import config_flags
 
-from mma_jax import distributed, train
+from mma_jax import logs  # pylint: disable=g-bad-import-order (first: it quiets TensorFlow)
+from mma_jax import distributed
+from mma_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sft_mma.py", "Config file.",
                                           lock_config=True)
@@ -23,8 +25,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()  # libraries' INFO lines only with --verbosity=1
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

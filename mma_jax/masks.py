@@ -1,10 +1,7 @@
 """Attention masks from per-token id vectors: causal, MMA and prefix-LM.
 
-Every token carries four int vectors, shape [B, L] (see DESIGN.md):
-  segment_ids  packed example, 1, 2, ...; 0 = padding
-  modality     0 = text, 1 = image (2, 3, ... for later modalities)
-  role         0 = padding, 1 = prompt (system/user text and all media), 2 = response
-  turn         0-based conversation turn; a response belongs to the turn it answers
+Every token carries four int vectors, shape [B, L] (segment_ids, modality, role, turn: the
+contract in mma_jax.tokens).
 
 Query i may attend key j only inside its own example, and then if j <= i (causal), or if a
 kind-specific "group match" opens an extra rectangle:
@@ -22,8 +19,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-KINDS = ("causal", "mma", "prefix")
-TEXT, PROMPT = 0, 1
+from mma_jax.tokens import KINDS, PROMPT, TEXT
+
 # Group ids encode (segment, turn); a turn index must stay below this stride.
 TURN_STRIDE = 1024
 
@@ -34,7 +31,7 @@ def _check_kind(kind: str) -> None:
 
 
 def dense_mask(segment_ids, modality, role, turn, kind: str):
-  """The reference mask, read directly off DESIGN.md.
+  """The reference mask, read directly off the definition above.
 
   Args: the four per-token vectors, i32[B, L]; kind in KINDS.
   Returns: bool[B, L, L], [b, i, j] True where query i may attend key j.

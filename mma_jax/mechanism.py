@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mma_jax import attention as attn_lib
-from mma_jax import checkpoint, masks, sharding
-from mma_jax.data import chat, grain_pipeline
+from mma_jax import masks
+from mma_jax.data import chat
+from mma_jax.evaluate import prompts, runner
 from mma_jax.models import llm, rope, vlm
 
 # One image, one question: the types whose questions can be swapped between records.
@@ -137,7 +138,7 @@ def prompt_batch(pairs, tokenizer, tokens_per_image: int, image_size: int) -> di
   encode = chat.prompt_encoder(tokenizer, tokens_per_image, "I&T", image_size)
   examples = [(encode(r), None, None) for pair in pairs for r in pair]
   length = max(len(ex["tokens"]) for ex, _, _ in examples)
-  prompt, _, _ = next(grain_pipeline.prompt_batches(
+  prompt, _, _ = next(prompts.prompt_batches(
       examples, batch_size=len(examples), prompt_length=length, max_images=1,
       image_size=image_size))
   return prompt
@@ -243,29 +244,13 @@ def pictures(runs: Mapping[str, tuple], pairs, tokenizer, out_dir: str, writer=N
   return result
 
 
-def load_run(config, workdir: str):
-  """(Task, VLM, params) of a finished run: the latest checkpoint in workdir."""
-  from mma_jax import task as task_lib, train  # pylint: disable=g-import-not-at-top
-  task = task_lib.Task(config, workdir)
-  model = vlm.VLM(train._model_config(config, task.tokenizer.vocab_size))  # pylint: disable=protected-access
-  batch = task.example_batch(model.cfg.tokens_per_image)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), {k: batch[k] for k in train.MODEL_KEYS}, "causal")["params"])
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                   sharding=device),
-                                    sharding.unbox(shapes))
-  params, _ = checkpoint.load_params(workdir, template)
-  return task, model, params
-
-
 def from_workdirs(runs: Mapping[str, tuple], out_dir: str, examples: int = 3) -> dict:
   """pictures() for finished runs: label -> (config, workdir); each run's own mask kind, the
   first run's test split. TensorBoard events go to out_dir."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   loaded, pairs, tokenizer = {}, None, None
   for label, (config, workdir) in runs.items():
-    task, model, params = load_run(config, workdir)
+    task, model, params, _ = runner.load(config, workdir)
     if pairs is None:
       pairs, tokenizer = question_pairs(list(task.source("test")), examples), task.tokenizer
     loaded[label] = (model, params, config.mask)

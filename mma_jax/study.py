@@ -23,7 +23,6 @@ about one CPU core busy, so on a CPU machine N = the number of cores; on one acc
 """
 from __future__ import annotations
 
-import ast
 import csv
 import dataclasses
 import importlib.util
@@ -37,6 +36,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mma_jax import config as config_lib
+from mma_jax import logs, tokens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO, "configs")
@@ -73,7 +76,7 @@ class Run:
 
   @property
   def total_steps(self) -> int:
-    return self.config.train.steps * (2 if self.config.data.order == "DOT" else 1)
+    return self.config.train.steps * len(tokens.phases(self.config.data.order))
 
 
 # --- configs ----------------------------------------------------------------------------------
@@ -89,20 +92,9 @@ def load_config(path: str, *args):
   return module.get_config(*args)
 
 
-def _parse(old, text: str):
-  """A command-line string as the type of the value it replaces."""
-  if isinstance(old, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
-  if isinstance(old, (tuple, list)):
-    value = ast.literal_eval(text)
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-  return type(old)(text) if old is not None else text
-
-
 def apply_overrides(config, overrides: Mapping[str, Any]):
-  """Set dotted keys ('optim.lr') in place; strings are parsed as the old value's type."""
+  """Set dotted keys ('optim.lr') in place, to values of the keys' types (the command line's
+  --config.KEY=VALUE are parsed by ml_collections.config_flags against the base config)."""
   for key, value in overrides.items():
     if key in FIXED_KEYS:
       raise ValueError(f"--config.{key} is set by the study for each run; use --steps, "
@@ -116,8 +108,8 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
     if leaf not in node:
       raise KeyError(f"--config.{key}: no key {leaf!r} in the config (see mma_jax/config.py).")
     try:
-      node[leaf] = _parse(node[leaf], value) if isinstance(value, str) else value
-    except (ValueError, TypeError, SyntaxError) as e:
+      node[leaf] = value
+    except (ValueError, TypeError) as e:
       raise ValueError(f"--config.{key}={value!r}: {e}") from None
   return config
 
@@ -187,8 +179,8 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, f
 
 def metric_names(metrics: Mapping[str, float]) -> list[str]:
   """accuracy/all, accuracy per question type (benchmark order), f1/exist: those present."""
-  from mma_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  types = [t for t in synthetic.QUESTION_TYPES if f"accuracy/{t}" in metrics]
+  from mma_jax.data.shapes import generate  # pylint: disable=g-import-not-at-top
+  types = [t for t in generate.QUESTION_TYPES if f"accuracy/{t}" in metrics]
   types += sorted(k.split("/", 1)[1] for k in metrics
                   if k.startswith("accuracy/") and k.split("/", 1)[1] not in types + ["all"])
   names = ["accuracy/all"] + [f"accuracy/{t}" for t in types] + ["f1/exist"]
@@ -358,7 +350,7 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
 
 def plot(results, rows, metrics, path: str) -> None:
   """Bars: mean ± std per metric and variant; and the step-time ratios."""
-  from mma_jax import mechanism  # pylint: disable=g-import-not-at-top
+  from mma_jax import mechanism
   by = {(r["variant"], r["metric"]): r for r in rows}
   variants = list(results)
   fig = mechanism.figure(figsize=(12, 4))
@@ -420,7 +412,7 @@ def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARI
   mech = None
   if mechanism_examples and {"mma", BASELINE} <= set(variants) and \
       runs[1].config.data.source == "shapes":
-    from mma_jax import mechanism  # pylint: disable=g-import-not-at-top
+    from mma_jax import mechanism
     first = {r.variant: r for r in reversed(runs) if r.variant in ("mma", BASELINE)}
     mech = mechanism.from_workdirs(
         {v: (first[v].config, first[v].workdir) for v in ("mma", BASELINE)},
@@ -433,12 +425,13 @@ def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARI
 
 def _train_here(todo: Sequence[Run], total: int) -> list[str] | None:
   """Trains the runs one after another in this process; None when one was stopped."""
-  from mma_jax import train  # pylint: disable=g-import-not-at-top (TensorFlow is slow to import)
+  # pylint: disable-next=g-import-not-at-top (TensorFlow is slow to import; reports need none)
+  from mma_jax.train.loop import train_and_evaluate
   trained = []
   for run in todo:
     logging.info("Study: %s (%d of %d runs left) in %s.", run.name, len(todo) - len(trained),
                  total, run.workdir)
-    train.train_and_evaluate(run.config, run.workdir)
+    train_and_evaluate(run.config, run.workdir)
     if not finished(run):  # stopped by SIGTERM: its checkpoint is kept
       return None
     trained.append(run.name)
@@ -497,12 +490,12 @@ def _train_in_processes(todo: Sequence[Run], jobs: int, command: list[str]) -> l
 
 def _train_one(name: str) -> None:
   """--run=NAME: trains that run of this command's plan; exit 1 when it was stopped."""
-  from mma_jax import train  # pylint: disable=g-import-not-at-top
+  from mma_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   runs = {r.name: r for r in plan(_WORKDIR.value, _SEEDS.value, _VARIANTS.value, _STEPS.value,
-                                  _PT_STEPS.value, _OVERRIDES, _CONFIGS_DIR.value)}
+                                  _PT_STEPS.value, _overrides(), _CONFIGS_DIR.value)}
   if name not in runs:
     raise app.UsageError(f"--run={name} is not in the study's plan: {sorted(runs)}.")
-  train.train_and_evaluate(runs[name].config, runs[name].workdir)
+  train_and_evaluate(runs[name].config, runs[name].workdir)
   sys.exit(0 if finished(runs[name]) else 1)
 
 
@@ -516,24 +509,19 @@ _MECHANISM = flags.DEFINE_integer("mechanism_examples", 3, "Images for the mecha
                                   "(0 = none).")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own process.")
 _RUN = flags.DEFINE_string("run", None, "Train only this run of the plan (used by --jobs).")
-_OVERRIDES: dict[str, str] = {}
+# --config.KEY=VALUE: typed against the base config; applied to every run (PT and SFT).
+_CONFIG = config_flags.DEFINE_config_dict(
+    "config", config_lib.base_config(), "Overrides for every run, e.g. --config.optim.lr=1e-3.",
+    lock_config=True)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags, plus --config.KEY=VALUE overrides applied to every run (PT and SFT)."""
-  rest = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      key, sep, value = arg[len("--config."):].partition("=")
-      if not sep:
-        raise app.UsageError(f"{arg}: write --config.{key}=VALUE.")
-      _OVERRIDES[key] = value
-    else:
-      rest.append(arg)
-  return flags.FLAGS(rest)
+def _overrides() -> dict[str, Any]:
+  """The --config.KEY=VALUE given on the command line, typed."""
+  return config_flags.get_override_values(flags.FLAGS["config"])
 
 
 def main(argv):
+  logs.quiet_libraries()  # libraries' INFO lines only with --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _RUN.value:
@@ -541,7 +529,7 @@ def main(argv):
   if _JOBS.value < 1:
     raise app.UsageError(f"--jobs={_JOBS.value} must be at least 1.")
   out = run_study(_WORKDIR.value, _SEEDS.value, _VARIANTS.value, _STEPS.value, _PT_STEPS.value,
-                  _OVERRIDES, _CONFIGS_DIR.value, _MECHANISM.value, _JOBS.value)
+                  _overrides(), _CONFIGS_DIR.value, _MECHANISM.value, _JOBS.value)
   if out is None:
     sys.exit(1)
   with open(out["paths"]["markdown"]) as f:
@@ -549,4 +537,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main)

@@ -12,13 +12,14 @@ import tempfile
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mma_jax import checkpoint, config as config_lib, optimizer, sharding, train
-from mma_jax.models import vlm
+from mma_jax import checkpoint, config as config_lib, sharding
+from mma_jax.models import build, vlm
+from mma_jax.train import optimizer
+from mma_jax.train import step as step_lib
 from tests.layouts import tiny_vlm_config
-from tests.test_train import _rows
+from tests.train.test_loop import _rows
 
 GRAD_ACCUM_2 = (2, 2, 2)  # this mesh also accumulates gradients over 2 micro-batches
 STEPS = 3
@@ -36,19 +37,18 @@ def run(model, batch, shape, devices=None, params=None):
   opt_cfg = config_lib.base_config().optim
   opt_cfg.warmup_steps = 1
   with sharding.use(mesh, rules):
-    if params is None:  # eval_shape -> shardings -> jit(init, out_shardings)
-      params, shardings = train.init_params(model, batch, mesh, rules, seed=0)
-    else:
-      shardings = train.param_shardings(model, batch, mesh, rules)
-      params = jax.device_put(params, shardings)
-    initial = jax.tree_util.tree_map(np.asarray, params)
-    opt, _ = optimizer.make(opt_cfg, 10, params)
-    opt_state, opt_shardings = train.init_opt(opt, params, shardings, mesh)
-    trainable = optimizer.trainable_mask(params, opt_cfg.freeze)
-    state_shardings = train.state_shardings(shardings, opt_shardings, mesh)
-    step = train.jit_train_step(model, opt, "mma", 2 if shape == GRAD_ACCUM_2 else 1, trainable,
-                                state_shardings, mesh)
-    state = jax.device_put(train.TrainState(jnp.int32(0), params, opt_state), state_shardings)
+    abstract, _ = build.param_shardings(model.cfg, mesh, rules)
+    opt, _ = optimizer.make(opt_cfg, 10, abstract)
+    # eval_shape -> shardings -> jit(init, out_shardings): created sharded
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding,
+                                       step_lib.abstract_state(model.cfg, opt, mesh, rules))
+    if params is not None:
+      params = jax.device_put(params, shardings.params)
+    state = step_lib.init_state(model, opt, 0, shardings, mesh, rules, params)
+    initial = jax.tree_util.tree_map(np.asarray, state.params)
+    trainable = optimizer.trainable_mask(abstract, opt_cfg.freeze)
+    step = step_lib.jit_train_step(model, opt, "mma", 2 if shape == GRAD_ACCUM_2 else 1,
+                                   trainable, shardings, mesh)
     losses = []
     for _ in range(STEPS):
       state, metrics = step(state, sharding.put_batch(batch, mesh))

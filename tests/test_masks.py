@@ -1,4 +1,4 @@
-"""The mask rule: literal matrices, a brute-force reading of DESIGN.md, dense == compact."""
+"""The mask rule: literal matrices, a brute-force reading of the rule, dense == compact."""
 import hypothesis
 import hypothesis.strategies as st
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ def test_literal_matrices(layout):
 
 
 def brute_force(seg, mod, role, turn, kind):
-  """DESIGN.md's definition, one pair at a time."""
+  """The definition (mma_jax/masks.py), one pair at a time."""
   n = len(seg)
   out = np.zeros((n, n), bool)
   for i in range(n):

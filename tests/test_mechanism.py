@@ -6,15 +6,16 @@ import numpy as np
 from clu import metric_writers
 
 from mma_jax import mechanism
-from mma_jax.data import synthetic, vocab
+from mma_jax.data import vocab
 from mma_jax.models import vlm
+from mma_jax.data.shapes import generate
 from tests.layouts import tiny_vlm_config
 
 
 def test_pictures_causal_identical_mma_question_dependent(tmp_path):
   tok = vocab.shapes_tokenizer()
   model = vlm.VLM(tiny_vlm_config(vocab_size=tok.vocab_size))
-  records = [synthetic.make_example(0, "test", i, image_size=16) for i in range(8)]
+  records = [generate.make_example(0, "test", i, image_size=16) for i in range(8)]
   pairs = mechanism.question_pairs(records, 2)
   assert all(a["question_type"] != b["question_type"] and a["images"] is b["images"]
              for a, b in pairs)

@@ -15,8 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mma_jax import distributed
-from mma_jax.data import tfds_shapes
-from tests.test_train import read_log
+from mma_jax.data.shapes import builder as shapes_builder
+from tests.train.test_loop import read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -68,7 +68,7 @@ def logs(workdir, tail=3000):
 
 def test_two_processes_train_stop_and_resume_to_the_same_state(tmp_path):
   data_dir, cache = str(tmp_path / "data"), str(tmp_path / "jax_cache")
-  tfds_shapes.builder(data_dir, train_size=48, validation_size=6, test_size=12, image_size=16)
+  shapes_builder.builder(data_dir, train_size=48, validation_size=6, test_size=12, image_size=16)
   straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
   proc = launch(straight, data_dir, cache)
   assert proc.wait(timeout=600) == 0, logs(straight)

@@ -24,4 +24,4 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   assert len(images) == 2  # the two mechanism pictures
   with open(workdir / "sft_mma" / "results.json") as f:
     assert json.load(f)["step"] == 2
-  assert (workdir / "sft_mma" / "eval" / "synthetic_results.json").exists()
+  assert (workdir / "sft_mma" / "eval" / "shapes_results.json").exists()

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from mma_jax import config as config_lib
-from mma_jax import flops, memory, sharding, train
+from mma_jax import sharding
 from mma_jax.models import configs, vlm
+from mma_jax.models import flops
+from mma_jax.train import memory
+from mma_jax import tokens
+from mma_jax.models import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +91,7 @@ def test_rules_from_config_override_the_defaults():
 
 def _params_on(shape, devices, cfg, rules=None):
   mesh = sharding.abstract_mesh(shape, devices)
-  boxed = memory.abstract_params(cfg)
+  boxed = build.abstract_params(cfg)
   return mesh, boxed, sharding.logical_shardings(boxed, mesh, rules or sharding.make_rules())
 
 
@@ -130,7 +134,7 @@ def test_model_flops_match_xla():
                             head_dim=64, mlp_dim=1024))
   b, length, images, trains = 2, 128, 2, ("connector",)
   model = vlm.VLM(cfg)
-  batch = {k: jnp.zeros((b, length), jnp.int32) for k in train.MODEL_KEYS if k != "images"}
+  batch = {k: jnp.zeros((b, length), jnp.int32) for k in tokens.MODEL_KEYS if k != "images"}
   batch["images"] = jnp.zeros((b, images, 32, 32, 3))
   params = jax.eval_shape(lambda: sharding.unbox(model.init(jax.random.key(0), batch,
                                                             "causal")["params"]))

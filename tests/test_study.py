@@ -9,14 +9,14 @@ import pytest
 
 from mma_jax import study
 
-# Tiny runs; a few values as command-line strings, as --config.KEY=VALUE gives them.
-TINY = {"model.vision.image_size": "16", "model.vision.hidden": 32, "model.vision.layers": 1,
+# Tiny runs.
+TINY = {"model.vision.image_size": 16, "model.vision.hidden": 32, "model.vision.layers": 1,
         "model.vision.heads": 2, "model.vision.mlp_dim": 64, "model.llm.hidden": 64,
         "model.llm.layers": 1, "model.llm.heads": 2, "model.llm.kv_heads": 1,
         "model.llm.head_dim": 32, "model.llm.mlp_dim": 128, "data.train_size": 48,
         "data.validation_size": 6, "data.test_size": 12, "data.pack_length": 96,
         "data.prefetch": 0, "train.batch_size": 4, "train.log_every": 1,
-        "train.async_checkpoint": "false", "optim.warmup_steps": 1, "eval.batch_size": 12,
+        "train.async_checkpoint": False, "optim.warmup_steps": 1, "eval.batch_size": 12,
         "eval.prompt_length": 64}
 
 
@@ -33,7 +33,7 @@ def test_paired_test_matches_a_hand_computation():
 
 def test_plan_and_overrides():
   runs = study.plan("/tmp/s", 2, ["causal", "dot", "causal_2x"], steps=5, pt_steps=3,
-                    overrides={"optim.lr": "1e-3", "optim.freeze": "('x/.*',)"})
+                    overrides={"optim.lr": 1e-3, "optim.freeze": ("x/.*",)})
   assert [r.name for r in runs] == ["pt", "causal/seed0", "causal/seed1", "dot/seed0",
                                     "dot/seed1", "causal_2x/seed0", "causal_2x/seed1"]
   assert [r.total_steps for r in runs] == [3, 5, 5, 10, 10, 10, 10]  # DOT and its control
@@ -42,7 +42,7 @@ def test_plan_and_overrides():
   assert runs[4].config.seed == runs[4].config.data.shuffle_seed == 1
   assert runs[3].config.init_from == "/tmp/s/pt" and runs[3].config.data.order == "DOT"
   with pytest.raises(KeyError, match="optim.lrr"):
-    study.plan("/tmp/s", 1, ["causal"], overrides={"optim.lrr": "1"})
+    study.plan("/tmp/s", 1, ["causal"], overrides={"optim.lrr": 1.0})
   with pytest.raises(ValueError, match="--config.mask is set by the study"):
     study.plan("/tmp/s", 1, ["causal"], overrides={"mask": "mma"})
   with pytest.raises(ValueError, match="must include 'causal'"):

@@ -57,7 +57,7 @@ class Converted:
 
 def _convert(directory, model: dict, table, tensors, ignored=()):
   """Check every tensor name and shape against what `model` needs, then convert."""
-  expected = hf_shapes(table, abstract_params(model))
+  expected = hf_shapes(table, component_shapes(model))
   given = {k: tuple(v.shape) for k, v in tensors.items()}
   tio.check_keys(expected, given, ignored, where=f"checkpoint {directory}")
   if ignored:
@@ -66,8 +66,12 @@ def _convert(directory, model: dict, table, tensors, ignored=()):
   return import_params(table, tensors)
 
 
-def abstract_params(model: dict) -> dict[str, tuple]:
-  """{param path: shape} of the components in `model` (config.model sections), not allocated."""
+def component_shapes(model: dict) -> dict[str, tuple]:
+  """{param path: shape} of the components in `model` (config.model sections), not allocated.
+
+  Each component is shaped on its own: a converted directory may hold only some of them (a
+  whole VLM is mma_jax.models.build.abstract_params).
+  """
   key, shapes = jax.random.key(0), {}
 
   def add(name, module, *args, **kwargs):

@@ -18,8 +18,8 @@ import functools
 import numpy as np
 
 from mma_jax.data.vocab import Tokenizer
+from mma_jax.tokens import IMAGE, PROMPT, RESPONSE
 
-PROMPT, RESPONSE = 1, 2
 IMAGE_TAG = "<image>"
 
 
@@ -44,7 +44,8 @@ def check_images(record) -> list[np.ndarray]:
   return out
 
 
-def _turns(record):
+def turns(record) -> list[tuple[str, str]]:
+  """(question, answer) per turn of an SFT record, or BadRecord naming it."""
   conv = record.get("conversations") or []
   if len(conv) < 2 or len(conv) % 2:
     raise BadRecord(f"Record {record.get('id')!r} needs human/gpt turn pairs; got {len(conv)} "
@@ -106,17 +107,17 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
   if stage == "pt":
     p.add(tpl.bos, PROMPT, 0)
     for _ in images:
-      p.add(tpl.image, PROMPT, 0, modality=1)
+      p.add(tpl.image, PROMPT, 0, modality=IMAGE)
     p.add(record["caption"] + tpl.pt_end, RESPONSE, 0)
     return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))
-  turns = _turns(record)
-  tags = sum(q.count(IMAGE_TAG) for q, _ in turns)
+  pairs = turns(record)
+  tags = sum(q.count(IMAGE_TAG) for q, _ in pairs)
   if tags != len(images):
     raise BadRecord(f"Record {record.get('id')!r} has {tags} {IMAGE_TAG} placeholders but "
                     f"{len(images)} images; they must match one to one.")
   clean = (lambda x: x.strip()) if tpl.trim else (lambda x: x)
   system = record.get("system", tpl.default_system)
-  for t, (question, answer) in enumerate(turns):
+  for t, (question, answer) in enumerate(pairs):
     if t == 0:
       p.add(tpl.bos, PROMPT, 0)
       if tpl.system and (system or tpl.system_always):
@@ -124,7 +125,7 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
     p.add(tpl.user_start, PROMPT, t)
     text = question.replace(IMAGE_TAG, "").strip()
     n_images = question.count(IMAGE_TAG)
-    image_block = lambda: [p.add(tpl.image, PROMPT, t, modality=1) for _ in range(n_images)]
+    image_block = lambda: [p.add(tpl.image, PROMPT, t, modality=IMAGE) for _ in range(n_images)]
     if order == "T&I":
       p.add(text + (tpl.image_sep if n_images else ""), PROMPT, t)
       image_block()
@@ -132,9 +133,9 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
       image_block()
       p.add((tpl.image_sep if n_images else "") + text, PROMPT, t)
     p.add(tpl.user_end + tpl.assistant_start, PROMPT, t)
-    if drop_last_answer and t == len(turns) - 1:
+    if drop_last_answer and t == len(pairs) - 1:
       break
-    end = tpl.conversation_end if t == len(turns) - 1 else ""
+    end = tpl.conversation_end if t == len(pairs) - 1 else ""
     p.add(clean(answer) + tpl.assistant_end + end, RESPONSE, t)
   return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))
 

@@ -66,7 +66,7 @@ def validate(record: dict, where: str) -> dict:
     return record
   try:
     # The training template's own rule.
-    turns = chat._turns(record)  # pylint: disable=protected-access
+    turns = chat.turns(record)
   except chat.BadRecord as e:
     bad(str(e))
   tags = sum(q.count(chat.IMAGE_TAG) + a.count(chat.IMAGE_TAG) for q, a in turns)

@@ -68,8 +68,8 @@ _TAG = re.compile(r"</?s>|<\|?[A-Za-z_]+\|?>")
 
 
 def _shapes_system():
-  from mma_jax.data import synthetic  # the benchmark owns its system prompt
-  return synthetic.SYSTEM
+  from mma_jax.data.shapes import generate
+  return generate.SYSTEM
 
 
 TEMPLATES = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from mma_jax.data import synthetic
+from mma_jax.data.shapes import generate
 from mma_jax.data import templates
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>", "<|system|>", "<|user|>", "<|assistant|>",
@@ -84,7 +84,7 @@ def add_image_tokens(tok: tokenizers.Tokenizer, template: templates.Template) ->
 
 def shapes_tokenizer() -> Tokenizer:
   """Word-level tokenizer over the benchmark's words; specials first (<pad> = 0)."""
-  words = list(SPECIALS) + [w for w in synthetic.vocabulary() if w not in SPECIALS]
+  words = list(SPECIALS) + [w for w in generate.vocabulary() if w not in SPECIALS]
   tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
                                               unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -6,3 +6,7 @@ blockwise   memory-efficient XLA path (any backend; the CPU default for long seq
 pallas_gpu  Pallas Triton kernel, forward and backward (GPU)
 pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward (TPU)
 """
+
+# The attention implementations (config key model.llm.attention; mma_jax.attention runs them).
+# Here so that configs can check a name without loading any kernel: this file imports nothing.
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "pallas_gpu", "pallas_tpu")

@@ -4,7 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from mma_jax import attention as attn_lib
+from mma_jax.kernels import IMPLEMENTATIONS
+
+# Rematerialisation policies of a scanned layer stack (mma_jax.models.layers maps them).
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +47,8 @@ class LLMConfig:
   tie_embeddings: bool = False     # Qwen2.5 small, Llama 3.2 1B/3B
   lm_head_bias: bool = False       # AKI's decoupled output head carries one
   dtype: str = "float32"           # compute dtype; parameters stay float32
-  remat: str = "none"              # see layers.REMAT_POLICIES
-  attention: str = "auto"         # see mma_jax.attention.IMPLEMENTATIONS
+  remat: str = "none"              # one of REMAT_POLICIES
+  attention: str = "auto"          # one of mma_jax.kernels.IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +136,10 @@ def validate(cfg: VLMConfig) -> None:
       (m.rope.kind in ("default", "llama3", "longrope"),
        f"model.llm.rope.kind={m.rope.kind!r}: use 'default', 'llama3' or 'longrope'"),
       (m.dtype in ("float32", "bfloat16"), f"model.llm.dtype={m.dtype!r}: use float32 or bfloat16"),
-      (m.attention in attn_lib.IMPLEMENTATIONS,
-       f"model.llm.attention={m.attention!r}: use one of {attn_lib.IMPLEMENTATIONS}"),
+      (m.attention in IMPLEMENTATIONS,
+       f"model.llm.attention={m.attention!r}: use one of {IMPLEMENTATIONS}"),
+      (m.remat in REMAT_POLICIES, f"model.llm.remat={m.remat!r}: use one of {REMAT_POLICIES}"),
+      (v.remat in REMAT_POLICIES, f"model.vision.remat={v.remat!r}: use one of {REMAT_POLICIES}"),
   ]
   for ok, message in checks:
     if not ok:

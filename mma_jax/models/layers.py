@@ -7,13 +7,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Remat policy names -> jax.checkpoint policies (None = no rematerialisation).
-REMAT_POLICIES = {
+from mma_jax.models.configs import REMAT_POLICIES
+
+# Remat policy name -> jax.checkpoint policy (None = no rematerialisation).
+_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+assert tuple(_POLICIES) == REMAT_POLICIES, "configs.REMAT_POLICIES and _POLICIES differ"
 
 
 def dtype_of(name: str):
@@ -52,7 +55,7 @@ def scanned(layer_cls, num_layers: int, remat: str, in_axes):
   if remat not in REMAT_POLICIES:
     raise ValueError(f"Unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
   if remat != "none":
-    layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    layer_cls = nn.remat(layer_cls, policy=_POLICIES[remat], prevent_cse=False)
   return nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                  in_axes=in_axes, length=num_layers,
                  metadata_params={nn.PARTITION_NAME: "layers"})

@@ -1,7 +1,7 @@
 """One decoder for Llama 3.x, Qwen2.x and Phi-3.x: GQA, RMSNorm, SwiGLU, RoPE; layers scanned.
 
 The mask comes in as compact TokenIds (mma_jax.attention); the optional KV cache is an explicit
-input and output, so prefill and one-token steps are the same call (mma_jax.decode).
+input and output, so prefill and one-token steps are the same call (mma_jax.evaluate.decode).
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from mma_jax import attention as attn_lib
 from mma_jax.models import layers

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors import safe_open
 
 from mma_jax.convert import __main__ as cli
 from mma_jax.convert import hf, parity, tensors

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mma_jax import checkpoint, train
+from mma_jax import checkpoint
 from mma_jax.convert import hf
+from mma_jax.train.loop import train_and_evaluate
 from tests.convert import hf_models
 
 
@@ -29,7 +30,7 @@ def test_sft_starts_from_the_converted_weights(tmp_path):
   c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 2, 1, 1
   c.eval.batch_size, c.eval.prompt_length, c.eval.max_new_tokens = 8, 320, 2
   c.optim.lr = 1e-9  # one step barely moves the weights: they must still be the converted ones
-  metrics = train.train_and_evaluate(c, str(tmp_path / "run"))
+  metrics = train_and_evaluate(c, str(tmp_path / "run"))
   assert "accuracy/all" in metrics
   _, converted = hf.load(str(vlm_dir))
   template = jax.tree_util.tree_map(jnp.asarray, converted)

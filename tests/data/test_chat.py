@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from mma_jax.data import chat, synthetic, vocab
+from mma_jax.data import chat, vocab
+from mma_jax.data.shapes import generate
 
 TOK = vocab.shapes_tokenizer()
 
@@ -12,7 +13,7 @@ def _text(ids):
 
 
 def test_two_turn_roles_turns_and_loss_spans():
-  r = synthetic.make_example(0, "train", 5)  # two_turn
+  r = generate.make_example(0, "train", 5)  # two_turn
   assert r["question_type"] == "two_turn"
   ex = chat.encode(r, TOK, tokens_per_image=3)
   responses = [(t, _text(ex["tokens"][(ex["role"] == 2) & (ex["turn"] == t)])) for t in (0, 1)]
@@ -27,7 +28,7 @@ def test_two_turn_roles_turns_and_loss_spans():
 
 
 def test_orders_and_eval_prompt():
-  r = synthetic.make_example(0, "train", 0)  # count, one image
+  r = generate.make_example(0, "train", 0)  # count, one image
   it = chat.encode(r, TOK, tokens_per_image=2, order="I&T")
   ti = chat.encode(r, TOK, tokens_per_image=2, order="T&I")
   user = lambda ex: _text(ex["tokens"][np.flatnonzero(ex["tokens"] == TOK.token_id("<|user|>"))[0]:])
@@ -39,7 +40,7 @@ def test_orders_and_eval_prompt():
 
 
 def test_pt_layout():
-  r = synthetic.make_example(0, "train", 1)
+  r = generate.make_example(0, "train", 1)
   ex = chat.encode(r, TOK, tokens_per_image=2, stage="pt")
   assert _text(ex["tokens"][:3]) == "<s> <image> <image>"
   assert _text(ex["tokens"][ex["role"] == 2]) == r["caption"] + " <|endofchunk|>"
@@ -52,7 +53,7 @@ def test_pt_layout():
     (lambda r: r["conversations"].reverse(), "expected 'human'"),
 ])
 def test_bad_records_name_the_record(mutate, match):
-  r = synthetic.make_example(0, "train", 0)
+  r = generate.make_example(0, "train", 0)
   mutate(r)
   with pytest.raises(chat.BadRecord, match=match) as e:
     chat.encode(r, TOK, tokens_per_image=2)

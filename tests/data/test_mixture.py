@@ -10,7 +10,11 @@ import pytest
 import tokenizers
 
 from mma_jax import config as config_lib
-from mma_jax import evaluate, optimizer, task, train
+from mma_jax.train import optimizer
+from mma_jax.data import task
+from mma_jax import tokens
+from mma_jax.train import step as step_lib
+from mma_jax.evaluate import prompts
 from mma_jax.data import mixture, vocab
 from mma_jax.data.importers import import_source
 from mma_jax.models import vlm
@@ -111,11 +115,11 @@ def test_import_then_one_training_step_on_the_mixture(imported, tmp_path):
   model = vlm.VLM(tiny_vlm_config(vocab_size=data.tokenizer.vocab_size, layers=1))
   batch = next(data.train_iterator("I&T", model.cfg.tokens_per_image))
   params = jax.jit(lambda: nn.meta.unbox(model.init(
-      jax.random.key(0), {k: batch[k] for k in train.MODEL_KEYS}, "mma")["params"]))()
+      jax.random.key(0), {k: batch[k] for k in tokens.MODEL_KEYS}, "mma")["params"]))()
   opt, _ = optimizer.make(c.optim, 10, params)
-  step = jax.jit(train.make_train_step(model, opt, "mma", 1,
+  step = jax.jit(step_lib.make_train_step(model, opt, "mma", 1,
                                        optimizer.trainable_mask(params, c.optim.freeze)))
-  state, metrics = step(train.TrainState(jnp.int32(0), params, opt.init(params)), batch)
+  state, metrics = step(step_lib.TrainState(jnp.int32(0), params, opt.init(params)), batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_tokens"]) > 0
   head = lambda p: np.asarray(p["llm"]["lm_head"]["kernel"])
   assert np.abs(head(state.params) - head(params)).max() > 0
@@ -128,7 +132,7 @@ def test_pipeline_batches_of_imported_records(imported, tmp_path):
   assert batch["images"].shape == (2, 4, 16, 16, 3)
   assert (batch["image_valid"].sum(1) == (batch["modality"] == 1).sum(1) // 4).all()
   assert batch["loss_mask"].any() and (batch["turn"] == 1).any()  # multi-turn kept whole
-  table, record_of = evaluate.split_table(t, "test")
+  table, record_of = prompts.split_table(t, "test")
   assert [r["answer"] for r in table.rows] == ["top left", "the second", "hi"]
   assert {r["category"] for r in table.rows} == {"mine"}
   assert record_of(0)["images"][0].shape == (16, 16, 3)  # decoded for the prompt encoder

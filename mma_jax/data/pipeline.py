@@ -5,7 +5,7 @@
   its images into max_images slots; padding mode = one example per row) -> finish rows
   (segment ids, targets, loss mask, image scaling) -> batch -> thread prefetch.
 
-A training batch (numpy):
+A training batch (numpy; the keys are mma_jax.tokens.TRAIN_KEYS):
   tokens, targets, segment_ids, modality, role, turn, positions i32[B, L]; loss_mask bool[B, L]
   images f32[B, N, H, W, 3] in [-1, 1]; image_valid bool[B, N]
 targets[i] = tokens[i + 1] inside the same example, and loss_mask[i] is True where that next
@@ -23,8 +23,7 @@ from absl import logging
 
 from mma_jax.data import images as image_lib
 from mma_jax.data.chat import BadRecord
-
-SEQUENCE_KEYS = ("tokens", "modality", "role", "turn", "positions")
+from mma_jax.tokens import RESPONSE, SEQUENCE_KEYS
 
 
 class SkipCounter:
@@ -74,7 +73,7 @@ def finish_row(packed) -> dict:
   same = np.zeros_like(seg, bool)
   same[:-1] = (seg[1:] == seg[:-1]) & (seg[:-1] != 0)
   targets = np.where(same, np.roll(tokens, -1), 0).astype(np.int32)
-  loss_mask = same & (np.roll(role, -1) == 2)
+  loss_mask = same & (np.roll(role, -1) == RESPONSE)
   images = image_lib.normalize(packed["images"])
   return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "segment_ids": seg,
           "modality": packed["modality"].astype(np.int32), "role": role,
@@ -108,35 +107,3 @@ def train_dataset(source, encode_fn: Callable[[Any], dict], *, batch_size: int,
   if prefetch:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
   return it
-
-
-def prompt_batches(examples, *, batch_size: int, prompt_length: int, max_images: int,
-                   image_size: int):
-  """Evaluation prompts, right-padded to one shape so decoding compiles once.
-
-  Args: examples: list of (example dict from chat.encode(..., drop_last_answer=True), answer,
-    question type).
-  Yields: (prompt dict of i32[B, P] vectors + images f32[B, N, H, W, 3], answers, types);
-    padding rows have answer None.
-  """
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
-    prompt = {k: np.zeros((batch_size, prompt_length), np.int32)
-              for k in SEQUENCE_KEYS + ("segment_ids",)}
-    prompt["images"] = np.zeros((batch_size, max_images, image_size, image_size, 3), np.float32)
-    answers, types = [None] * batch_size, [None] * batch_size
-    for row, (ex, answer, qtype) in enumerate(chunk):
-      n, k = len(ex["tokens"]), len(ex["images"])
-      if n > prompt_length or k > max_images:
-        raise ValueError(f"An evaluation prompt has {n} tokens and {k} images; raise "
-                         f"config.eval.prompt_length={prompt_length} / config.eval.max_images="
-                         f"{max_images}.")
-      for key in SEQUENCE_KEYS:
-        prompt[key][row, :n] = ex[key]
-      prompt["segment_ids"][row, :n] = 1
-      prompt["images"][row, :k] = image_lib.normalize(ex["images"])
-      answers[row], types[row] = answer, qtype
-    for row in range(len(chunk), batch_size):  # filler rows: one token, never scored
-      prompt["segment_ids"][row, 0] = 1
-      prompt["role"][row, 0] = 1
-    yield prompt, answers, types

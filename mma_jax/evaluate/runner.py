@@ -1,12 +1,7 @@
 """Evaluation: batched greedy decoding with the training mask, scored per benchmark.
 
-  python -m mma_jax.evaluate --config=configs/sft_mma.py --workdir=DIR --benchmark=pope \\
-      --data=POPE.tsv [--out=DIR]       # decode with the workdir's latest checkpoint, then score
-  python -m mma_jax.evaluate score --benchmark=pope --predictions=FILE.tsv   # re-score, no model
-  ... [--rule=official|strict]   # a benchmark's other scoring rule; default vlmevalkit
-
-A benchmark (mma_jax.benchmarks.REGISTRY) is a table of rows: a VLMEvalKit TSV
-(mma_jax.data.vlmeval_tsv) or, for `synthetic` / `records`, a split of the Task's own data.
+The command line is mma_jax.evaluate.__main__. A benchmark (scoring.REGISTRY) is a table of
+rows: a VLMEvalKit TSV (vlmeval_tsv) or, for `shapes` / `records`, a split of the Task's own data.
 run_benchmark is the one path: the training loop's evaluations call it too. A TSV row becomes a
 normalized record whose human turn is "<image>\\n" + the benchmark's fixed prompt; every record
 goes through the Task's own chat template with drop_last_answer, into fixed-shape prompt batches
@@ -16,18 +11,20 @@ prompt, the extraction rule and the decoding settings); <out> defaults to <workd
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 import jax
 from absl import logging
 
-from mma_jax import benchmarks, decode, distributed, sharding
-from mma_jax import config as config_lib
-from mma_jax.data import chat, grain_pipeline, vlmeval_tsv
-from mma_jax.data.vlmeval_tsv import BadRow, Table
+from mma_jax import checkpoint, distributed, sharding
+from mma_jax.data import chat, pipeline
+from mma_jax.data import task as task_lib
+from mma_jax.evaluate import decode, prompts, scoring, vlmeval_tsv
+from mma_jax.evaluate.vlmeval_tsv import BadTableRow, Table
+from mma_jax.models import build, vlm
+from mma_jax.tokens import eval_order
 
 
 def predict(model, params, prompt_batches: Iterable, tokenizer, kind: str,
@@ -47,29 +44,7 @@ def predict(model, params, prompt_batches: Iterable, tokenizer, kind: str,
     yield [texts[i] for i in keep], [answers[i] for i in keep], [types[i] for i in keep]
 
 
-# --- benchmark tables -> records ---------------------------------------------------------------
-
-def split_table(task, split: str) -> tuple[Table, Callable[[int], dict]]:
-  """A split of the Task's own records as a table (index, id, question, answer, category =
-  question type, or source name for imported records) + a function giving row i's record."""
-  records, categories = task.eval_records(split)
-  rows = [{"index": str(i), "id": r["id"], "answer": r["conversations"][-1]["value"],
-           "question": r["conversations"][-2]["value"].replace(chat.IMAGE_TAG, " ").strip(),
-           "category": c} for i, (r, c) in enumerate(zip(records, categories))]
-  table = Table(f"{task.name}:{split}", ["index", "id", "question", "answer", "category"], rows,
-                list(range(1, len(rows) + 1)))
-  return table, lambda i: task.with_pixels(records[i])
-
-
-def tsv_record(table: Table, bench: benchmarks.Benchmark, image_size: int, i: int) -> dict:
-  """Row i as a normalized record: one human turn of images + the benchmark's prompt."""
-  images = vlmeval_tsv.images(table, i, image_size)
-  question = (chat.IMAGE_TAG + "\n") * len(images) + bench.build_prompt(table.rows[i])
-  return {"id": table.rows[i]["index"], "images": images,
-          "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": ""}]}
-
-
-def read_benchmark(bench: benchmarks.Benchmark, path: str, skip_bad_rows: bool,
+def read_benchmark(bench: scoring.Benchmark, path: str, skip_bad_rows: bool,
                    counter) -> tuple[Table, int]:
   """A VLMEvalKit TSV, with rotated copies added for a circular benchmark that has none.
 
@@ -80,8 +55,8 @@ def read_benchmark(bench: benchmarks.Benchmark, path: str, skip_bad_rows: bool,
   table = vlmeval_tsv.read_table(path, bench.required, skip_bad_rows, counter)
   if not bench.circular:
     return table, 0
-  stride = benchmarks.CIRCULAR_STRIDE
-  rows = benchmarks.circularize(table.rows)  # the file's rows first, in order, then copies
+  stride = scoring.CIRCULAR_STRIDE
+  rows = scoring.circularize(table.rows)  # the file's rows first, in order, then copies
   line_of = {int(r["index"]): n for r, n in zip(table.rows, table.lines)}
   lines = table.lines + [line_of[int(r["index"]) % stride] for r in rows[len(table.rows):]]
   if len(rows) > len(table.rows):
@@ -98,7 +73,7 @@ def read_benchmark(bench: benchmarks.Benchmark, path: str, skip_bad_rows: bool,
   return table, orphans
 
 
-def default_data_path(bench: benchmarks.Benchmark) -> str:
+def default_data_path(bench: scoring.Benchmark) -> str:
   """$LMUData/<VLMEvalKit name>.tsv, where VLMEvalKit keeps its benchmark files."""
   if not bench.vlmeval_name:
     raise ValueError(f"Benchmark {bench.name!r} needs --data=FILE.tsv (VLMEvalKit TSV format).")
@@ -110,7 +85,7 @@ def decode_table(model, params, table: Table, record_of: Callable[[int], dict], 
                  tokenizer, config, counter) -> dict[int, str]:
   """Row position -> predicted text, decoding config.eval.batch_size rows at a time.
 
-  Rows that cannot be read or do not fit the prompt shape raise BadRow naming the file and
+  Rows that cannot be read or do not fit the prompt shape raise BadTableRow naming the file and
   row, or with config.eval.skip_bad_rows are counted on `counter` and left out.
   """
   e = config.eval
@@ -122,18 +97,18 @@ def decode_table(model, params, table: Table, record_of: Callable[[int], dict], 
         ex = encode(record_of(i))
         n, k = len(ex["tokens"]), len(ex["images"])
         if n > e.prompt_length or k > e.max_images:
-          raise BadRow(f"{table.where(i)}: the prompt has {n} tokens and {k} images; prompts "
+          raise BadTableRow(f"{table.where(i)}: the prompt has {n} tokens and {k} images; prompts "
                        f"hold config.eval.prompt_length={e.prompt_length} tokens and "
                        f"config.eval.max_images={e.max_images} images. Raise them, "
                        f"{vlmeval_tsv.SKIP_HINT}.")
       except chat.BadRecord as err:
-        vlmeval_tsv.skip_or_raise(BadRow(f"{table.where(i)}: {err}"), e.skip_bad_rows, counter)
+        vlmeval_tsv.skip_or_raise(BadTableRow(f"{table.where(i)}: {err}"), e.skip_bad_rows, counter)
         continue
-      except BadRow as err:
+      except BadTableRow as err:
         vlmeval_tsv.skip_or_raise(err, e.skip_bad_rows, counter)
         continue
       examples.append((ex, i, i))  # the row position rides in the answer slot
-    batches = grain_pipeline.prompt_batches(
+    batches = prompts.prompt_batches(
         examples, batch_size=e.batch_size, prompt_length=e.prompt_length,
         max_images=e.max_images, image_size=config.model.vision.image_size)
     for texts, positions, _ in predict(model, params, batches, tokenizer, config.mask,
@@ -144,25 +119,25 @@ def decode_table(model, params, table: Table, record_of: Callable[[int], dict], 
 
 # --- one evaluation path: training, the CLI and re-scoring ---------------------------------------
 
-def own_benchmark(task) -> benchmarks.Benchmark:
-  """The benchmark that scores the Task's own splits: 'synthetic' or 'records'."""
-  return benchmarks.get("synthetic" if task.name == "shapes" else "records")
+def own_benchmark(task) -> scoring.Benchmark:
+  """The benchmark that scores the Task's own splits: 'shapes' or 'records'."""
+  return scoring.get(task.name)
 
 
-def _results(bench: benchmarks.Benchmark, rows, skipped: int, rule: str = "", **extra) -> dict:
+def _results(bench: scoring.Benchmark, rows, skipped: int, rule: str = "", **extra) -> dict:
   extraction, metrics = bench.scorer(rule)
-  return {"benchmark": bench.name, "rule": rule or benchmarks.DEFAULT_RULE,
+  return {"benchmark": bench.name, "rule": rule or scoring.DEFAULT_RULE,
           "prompt": bench.prompt, "extraction": extraction, "rows": len(rows),
           "skipped_rows": skipped, **extra, "metrics": metrics(rows)}
 
 
-def results_name(bench: benchmarks.Benchmark, rule: str = "") -> str:
+def results_name(bench: scoring.Benchmark, rule: str = "") -> str:
   """<bench>_results.json; <bench>_<rule>_results.json for a rule other than the default."""
-  rule = "" if rule == benchmarks.DEFAULT_RULE else rule
+  rule = "" if rule == scoring.DEFAULT_RULE else rule
   return f"{bench.name}_{rule + '_' if rule else ''}results.json"
 
 
-def _write(out: str, bench: benchmarks.Benchmark, results: dict, columns=None, rows=None):
+def _write(out: str, bench: scoring.Benchmark, results: dict, columns=None, rows=None):
   """<out>/results_name(bench, results' rule) and the predictions TSV when rows are given,
   written by process 0."""
   if not out or jax.process_index() != 0:  # every process holds all predictions; one writes
@@ -178,29 +153,29 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
                   split: str = "test", out: str = "", **extra) -> dict:
   """Decode one benchmark with `params` and score it; the one path of every evaluation.
 
-  benchmark: a REGISTRY name. The Task's own benchmark ('synthetic' / 'records') reads its
+  benchmark: a REGISTRY name. The Task's own benchmark ('shapes' / 'records') reads its
   `split`; any other reads a VLMEvalKit TSV (`data`, default $LMUData/<name>.tsv), with
   rotated copies added for a circular one. Prompts: chat.prompt_encoder in the task's
   evaluation order. Scoring: config.eval.rule ('' = vlmevalkit). Writes
   <out>/<bench>_predictions.tsv and <out>/<bench>_results.json unless out is ''.
   Returns the results dict (metrics next to the prompt, rule, extraction and decoding).
   """
-  bench = benchmarks.get(benchmark)
-  counter = grain_pipeline.SkipCounter()
+  bench = scoring.get(benchmark)
+  counter = pipeline.SkipCounter()
   if bench.build_prompt is None:
     if bench is not own_benchmark(task):
       raise ValueError(f"--benchmark={bench.name} scores the built-in data's {split} split, "
                        f"but config.data.source={config.data.source!r}; evaluate "
                        f"{own_benchmark(task).name!r} or a benchmark TSV.")
-    table, record_of = split_table(task, split)
+    table, record_of = prompts.split_table(task, split)
   else:
     data = data or default_data_path(bench)
     table, orphans = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
     if bench.circular:
       extra["dropped_circular_copies"] = orphans
-    record_of = lambda i: tsv_record(table, bench, task.image_size, i)
+    record_of = lambda i: prompts.tsv_record(table, bench, task.image_size, i)
   tokens_per_image = model.cfg.tokens_per_image
-  encode = chat.prompt_encoder(task.tokenizer, tokens_per_image, task.eval_order(),
+  encode = chat.prompt_encoder(task.tokenizer, tokens_per_image, eval_order(config.data.order),
                                task.image_size)
   predictions = decode_table(model, params, table, record_of, encode, task.tokenizer, config,
                              counter)
@@ -212,7 +187,7 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
       bench, rows, counter.count, config.eval.rule, data=data or table.path,
       predictions=os.path.join(out, f"{bench.name}_predictions.tsv") if out else "",
       decoding={"method": "greedy", "max_new_tokens": config.eval.max_new_tokens,
-                "mask": config.mask, "order": task.eval_order(),
+                "mask": config.mask, "order": eval_order(config.data.order),
                 "prompt_length": config.eval.prompt_length, "image_size": task.image_size},
       **extra)
   # A few (prediction, answer, category) triples to read next to the score.
@@ -221,32 +196,25 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
   return results
 
 
+def load(config, workdir: str):
+  """(Task, VLM, params, step) of a trained run: the latest checkpoint in workdir, restored
+  straight into the training layout (config.mesh) — no parameter is initialised first."""
+  task = task_lib.Task(config, workdir)
+  model = vlm.VLM(build.model_config(config, task.tokenizer.vocab_size))
+  mesh = sharding.make_mesh(config.mesh.shape)
+  rules = sharding.make_rules(config.mesh.rules)
+  params, step = checkpoint.load_params(workdir, build.restore_target(model.cfg, mesh, rules))
+  return task, model, params, step
+
+
 def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> dict:
   """Decode a benchmark with the latest checkpoint in workdir and score it; writes the
   predictions TSV and the results JSON under `out` (default <workdir>/eval). Returns the
   results dict."""
-  # Here, not at the top: train imports this module, and `score` needs neither the model nor
-  # the Task's TFDS (TensorFlow) import.
-  from mma_jax import checkpoint, train
-  from mma_jax import task as task_lib
-  from mma_jax.models import vlm
-
-  config_lib.validate(config)
-  task = task_lib.Task(config, workdir)
-  model_cfg = train._model_config(config, task.tokenizer.vocab_size)
-  model = vlm.VLM(model_cfg)
+  scoring.get(benchmark).scorer(config.eval.rule)  # a bad name or rule fails before any work
+  task, model, params, step = load(config, workdir)
   mesh = sharding.make_mesh(config.mesh.shape)
-  rules = sharding.make_rules(config.mesh.rules)
-  with sharding.use(mesh, rules):  # as in training: the same parameter layout
-    batch = task.example_batch(model_cfg.tokens_per_image)
-    abstract = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), {k: batch[k] for k in train.MODEL_KEYS}, "causal")["params"])
-    shardings = sharding.logical_shardings(abstract, mesh, rules)
-    # Restore straight into that layout: no parameters are initialised only to be replaced.
-    template = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        sharding.unbox(abstract), shardings)
-    params, step = checkpoint.load_params(workdir, template)
+  with sharding.use(mesh, sharding.make_rules(config.mesh.rules)):  # as in training
     return run_benchmark(model, {"params": params}, task, config, benchmark, data,
                          out=out or os.path.join(workdir, "eval"),
                          workdir=os.path.abspath(workdir), checkpoint_step=step)
@@ -256,9 +224,9 @@ def score_file(benchmark: str, predictions: str, skip_bad_rows: bool = False, ru
                out: str = "") -> dict:
   """Score an existing predictions table (ours or VLMEvalKit's, TSV) without a model; writes
   <out>/<bench>_results.json (out default: the table's folder; 'none' writes nothing)."""
-  bench = benchmarks.get(benchmark)
+  bench = scoring.get(benchmark)
   bench.scorer(rule)  # an unknown rule fails before the table is read
-  counter = grain_pipeline.SkipCounter()
+  counter = pipeline.SkipCounter()
   table = vlmeval_tsv.read_table(predictions, bench.required + ("prediction",), skip_bad_rows,
                                  counter)
   results = _results(bench, table.rows, counter.count, rule,
@@ -281,52 +249,22 @@ def format_results(results: dict) -> str:
            f"{results['skipped_rows']} bad rows skipped"
            + (f", {dropped} circular copies without their main row dropped" if dropped else "")
            + ")",
-           f"rule        {results.get('rule', benchmarks.DEFAULT_RULE)}",
+           f"rule        {results.get('rule', scoring.DEFAULT_RULE)}",
            f"prompt      {results['prompt']}", f"extraction  {results['extraction']}"]
   width = max((len(k) for k in results["metrics"]), default=0)
   lines += [f"  {k:<{width}}  {v:.3f}" for k, v in results["metrics"].items()]
   return "\n".join(lines)
 
 
-def main(argv):
-  from absl import app, flags
-
-  f = flags.FLAGS
-  if len(argv) > 2 or (len(argv) == 2 and argv[1] != "score"):
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}; the only subcommand is 'score'.")
-  if not f.benchmark:
-    raise app.UsageError(f"--benchmark is required: one of {sorted(benchmarks.REGISTRY)}.")
-  if len(argv) == 2:
-    if not f.predictions:
-      raise app.UsageError("score needs --predictions=FILE.tsv.")
-    skip = bool(f.config and f.config.eval.skip_bad_rows)
-    rule = f.rule or (f.config.eval.rule if f.config else "")
-    results = score_file(f.benchmark, f.predictions, skip, rule, f.out)
-  else:
-    if f.config is None or not f.workdir:
-      raise app.UsageError("--config and --workdir are required (or use the 'score' command).")
-    if f.rule:
-      with f.config.unlocked():
-        f.config.eval.rule = f.rule
-    results = run(f.config, f.workdir, f.benchmark, f.data, f.out)
-  print(format_results(results))
-
-
-if __name__ == "__main__":
-  # Flags are defined only when run as a program: train imports this module as a library.
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "Config file of the trained run.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", "", "The run's workdir: its latest checkpoint is evaluated.")
-  flags.DEFINE_string("benchmark", "", f"One of {sorted(benchmarks.REGISTRY)}.")
-  flags.DEFINE_string("data", "", "The benchmark's VLMEvalKit TSV; default "
-                      "$LMUData/<VLMEvalKit name>.tsv.")
-  flags.DEFINE_string("out", "", "Where predictions and results go; default <workdir>/eval "
-                      "(score: the predictions' folder; 'none' writes no results JSON).")
-  flags.DEFINE_string("rule", "", f"Scoring rule: {benchmarks.DEFAULT_RULE} (default) or a "
-                      "benchmark's other rule (vqav2: official; mmbench: strict); overrides "
-                      "config.eval.rule.")
-  flags.DEFINE_string("predictions", "", "score: the predictions TSV to score.")
-  app.run(main)
+def format_metrics(metrics: dict[str, float]) -> str:
+  """The shapes benchmark's table: one line per question type, accuracy vs chance."""
+  types = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("accuracy/"))
+  lines = []
+  for t in types:
+    line = f"  {t:<10} accuracy {metrics[f'accuracy/{t}']:.3f}"
+    if f"chance/{t}" in metrics:
+      line += f"  (chance {metrics[f'chance/{t}']:.3f})"
+    if t == "exist" and "f1/exist" in metrics:
+      line += f"  F1 {metrics['f1/exist']:.3f}"
+    lines.append(line)
+  return "\n".join(lines)

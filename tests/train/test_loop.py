@@ -1,7 +1,9 @@
 """train_and_evaluate end to end on a very small config: loss, resume, faults, freezing."""
 import functools
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +16,17 @@ import numpy as np
 import pytest
 
 from mma_jax import config as config_lib
-from mma_jax import optimizer, train
-from mma_jax.data import chat, grain_pipeline, synthetic, vocab
+from mma_jax.train import optimizer
+from mma_jax.data import pipeline
+from mma_jax.data.shapes import generate
+from mma_jax.train.loop import train_and_evaluate
+from mma_jax import tokens
+from mma_jax.train import step as step_lib
+from mma_jax.data import chat, vocab
 from mma_jax.models import vlm
 from tests.layouts import tiny_vlm_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +59,12 @@ def read_log(workdir):
 
 def test_golden_one_step_loss(data_dir, tmp_path):
   c = small_config(data_dir, steps=1)
-  metrics = train.train_and_evaluate(c, str(tmp_path))
+  metrics = train_and_evaluate(c, str(tmp_path))
   loss = read_log(str(tmp_path))[1]
   # A fresh model predicts near-uniformly over the tokenizer's vocabulary.
   assert abs(loss - np.log(vocab.shapes_tokenizer().vocab_size)) < 0.5
   assert loss == pytest.approx(4.5444, abs=2e-3)  # golden: same seed, data and model
-  assert set(metrics) >= {f"accuracy/{t}" for t in synthetic.QUESTION_TYPES}
+  assert set(metrics) >= {f"accuracy/{t}" for t in generate.QUESTION_TYPES}
   assert os.path.exists(os.path.join(str(tmp_path), "results.json"))
 
 
@@ -65,7 +72,7 @@ def test_resume_after_sigterm_gives_the_same_losses(data_dir, tmp_path):
   straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
   c = small_config(data_dir, steps=6, checkpoint_every=3)
   c.mask = "mma"
-  train.train_and_evaluate(c, straight)
+  train_and_evaluate(c, straight)
 
   def sigterm_after_step_2():
     log = os.path.join(interrupted, "train_log.jsonl")
@@ -74,11 +81,11 @@ def test_resume_after_sigterm_gives_the_same_losses(data_dir, tmp_path):
     os.kill(os.getpid(), signal.SIGTERM)
 
   threading.Thread(target=sigterm_after_step_2, daemon=True).start()
-  assert train.train_and_evaluate(c, interrupted) == {}  # stopped early, checkpoint saved
+  assert train_and_evaluate(c, interrupted) == {}  # stopped early, checkpoint saved
   stopped_at = max(read_log(interrupted))
   assert stopped_at < 6
   assert os.path.isdir(os.path.join(interrupted, "checkpoints", str(stopped_at)))
-  train.train_and_evaluate(c, interrupted)  # resumes from the SIGTERM checkpoint
+  train_and_evaluate(c, interrupted)  # resumes from the SIGTERM checkpoint
   a, b = read_log(straight), read_log(interrupted)
   assert sorted(a) == sorted(b) == list(range(1, 7))
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5)
@@ -109,6 +116,15 @@ def test_main_command_resumes_after_sigkill(data_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"Resuming from {ckpts} at step {max(saved)}" in done.stderr
   assert max(read_log(workdir)) == 40
+  # The log is the run's own: its lines are there, and every INFO line comes from mma_jax or
+  # clu (no Orbax / TFDS / JAX chatter without --verbosity=1).
+  for own in ("Run: stage sft", "Memory estimate", " loss=", "steps/s", "Test metrics at step 40"):
+    assert own in done.stderr, own
+  own_files = {f for pkg in ("mma_jax", "clu")
+               for _, _, fs in os.walk(os.path.dirname(importlib.util.find_spec(pkg).origin))
+               for f in fs if f.endswith(".py")}
+  info_from = set(re.findall(r"^I\d{4} [\d:.]+ +\d+ (\S+\.py):\d+\]", done.stderr, re.M))
+  assert info_from and info_from <= own_files, info_from - own_files
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["step"] == 40 and "accuracy/count" in results["metrics"]
 
@@ -137,7 +153,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   c = small_config(data_dir, steps=6, checkpoint_every=1)
   c.optim.update(lr=1e30, warmup_steps=1, clip_norm=0.0)
   with pytest.raises(FloatingPointError, match="The last good checkpoint is step") as e:
-    train.train_and_evaluate(c, str(tmp_path))
+    train_and_evaluate(c, str(tmp_path))
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert saved and f"step {saved[-1]}" in str(e.value)
   losses = read_log(str(tmp_path))
@@ -147,10 +163,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 # --- the train step itself, on the tiny test model -------------------------------------------
 
 def _rows(packing, n_rows):
-  records = [synthetic.make_example(2, "train", i, image_size=16) for i in range(12)]
+  records = [generate.make_example(2, "train", i, image_size=16) for i in range(12)]
   encode = functools.partial(chat.encode, tok=vocab.shapes_tokenizer(), tokens_per_image=4,
                              image_size=16)
-  ds = grain_pipeline.train_dataset(records, encode, batch_size=n_rows, pack_length=160,
+  ds = pipeline.train_dataset(records, encode, batch_size=n_rows, pack_length=160,
                                     max_images=4, packing=packing, num_bins=1, prefetch=0)
   return next(iter(ds))
 
@@ -159,7 +175,7 @@ def _rows(packing, n_rows):
 def tiny():
   model = vlm.VLM(tiny_vlm_config())
   batch = _rows(True, 2)
-  params = jax.jit(lambda: model.init(jax.random.key(0), {k: batch[k] for k in train.MODEL_KEYS},
+  params = jax.jit(lambda: model.init(jax.random.key(0), {k: batch[k] for k in tokens.MODEL_KEYS},
                                       "mma")["params"])()
   return model, jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params,
                                        is_leaf=lambda x: hasattr(x, "value"))
@@ -173,9 +189,9 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny, kind):
   padded = _rows(False, k)
 
   def loss(batch):
-    logits, _ = model.apply({"params": params}, {key: batch[key] for key in train.MODEL_KEYS},
+    logits, _ = model.apply({"params": params}, {key: batch[key] for key in tokens.MODEL_KEYS},
                             kind)
-    return train.token_loss(logits, batch["targets"], batch["loss_mask"])
+    return step_lib.token_loss(logits, batch["targets"], batch["loss_mask"])
 
   (s1, n1), (s2, n2) = loss(packed), loss(padded)
   assert float(n1) == float(n2) > 0
@@ -191,8 +207,8 @@ def test_grad_accumulation_and_freezing(tiny):
     cfg.freeze = freeze
     opt, _ = optimizer.make(cfg, 10, params)
     trainable = optimizer.trainable_mask(params, freeze)
-    step = jax.jit(train.make_train_step(model, opt, "mma", accum, trainable))
-    state, m = step(train.TrainState(jnp.int32(0), params, opt.init(params)), batch)
+    step = jax.jit(step_lib.make_train_step(model, opt, "mma", accum, trainable))
+    state, m = step(step_lib.TrainState(jnp.int32(0), params, opt.init(params)), batch)
     results[(accum, freeze)] = (state.params, float(m["loss"]))
   (p1, l1), (p2, l2), (p3, _) = results.values()
   assert l1 == pytest.approx(l2, rel=1e-5)
@@ -208,14 +224,14 @@ def test_grad_accumulation_and_freezing(tiny):
 def test_pt_then_dot_sft_from_the_pt_checkpoint(data_dir, tmp_path):
   pt = small_config(data_dir, steps=2, checkpoint_every=2)
   pt.update(stage="pt", mask="causal")
-  train.train_and_evaluate(pt, str(tmp_path / "pt"))
+  train_and_evaluate(pt, str(tmp_path / "pt"))
   sft = small_config(data_dir, steps=2, checkpoint_every=2)
   sft.update(mask="mma", init_from=str(tmp_path / "pt"))
   sft.data.order = "DOT"
-  train.train_and_evaluate(sft, str(tmp_path / "sft"))
+  train_and_evaluate(sft, str(tmp_path / "sft"))
   scratch = small_config(data_dir, steps=1)
   scratch.data.order = "T&I"
-  train.train_and_evaluate(scratch, str(tmp_path / "scratch"))
+  train_and_evaluate(scratch, str(tmp_path / "scratch"))
   dot = read_log(str(tmp_path / "sft"))
   assert sorted(dot) == [1, 2, 3, 4]  # DOT: T&I steps, then as many I&T steps
   # Same first batch (T&I) as the scratch run; a different loss shows the PT weights were used.

@@ -1,7 +1,7 @@
 """Benchmark scoring against hand-computed values: extraction rules and metrics, no model."""
 import pytest
 
-from mma_jax import benchmarks as bm
+from mma_jax.evaluate import scoring as bm
 
 
 def rows(*specs, **common):
@@ -240,7 +240,7 @@ def test_vlmevalkit_circular_scores_the_rows_present_of_groups_with_a_main_row()
     bench.scorer("official")
 
 
-def test_mcq_cvbench_vqa_gqa_and_synthetic():
+def test_mcq_cvbench_vqa_gqa_and_shapes():
   m = bm.mcq_metrics([
       dict(mcq(1, "A", "x", A="cat", B="dog"), prediction="A", split="dev"),
       dict(mcq(2, "B", "x", A="cat", B="dog"), prediction="cat", split="dev"),
@@ -278,7 +278,7 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
                         {"answer": "left", "prediction": "right"}])
   assert gqa["overall"] == 25
 
-  syn = bm.synthetic_metrics(rows(
+  syn = bm.shapes_metrics(rows(
       {"prediction": "Yes", "answer": "yes", "category": "exist"},
       {"prediction": "no", "answer": "yes", "category": "exist"},
       {"prediction": "yes", "answer": "no", "category": "exist"},
@@ -293,7 +293,7 @@ def test_mcq_cvbench_vqa_gqa_and_synthetic():
 
 def test_registry_records_prompt_and_extraction_and_resolves_names():
   assert set(bm.REGISTRY) >= {"pope", "mme", "mmbench", "seedbench_img", "realworldqa",
-                              "cvbench", "scienceqa_img", "vqav2", "gqa", "synthetic", "records"}
+                              "cvbench", "scienceqa_img", "vqav2", "gqa", "shapes", "records"}
   for b in bm.REGISTRY.values():
     assert b.prompt and b.extraction
   assert bm.get("MMBench_DEV_EN").name == "mmbench" and bm.get("CV-Bench").name == "cvbench"

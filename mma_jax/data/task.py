@@ -1,7 +1,7 @@
 """The training task from config.data: records, tokenizer, train iterators, eval prompts.
 
 The one place the trainer asks for data, so another dataset changes this file, not the trainer.
-Evaluation prompts and scores come from mma_jax.evaluate.run_benchmark, for training too.
+Evaluation prompts and scores come from mma_jax.evaluate.runner.run_benchmark, for training too.
 config.data.source picks the data: 'shapes' (the built-in benchmark, prepared as TFDS
 ArrayRecord files under config.data.dir) or 'records' (directories written by
 mma_jax.data.importers, mixed by config.data.mixture; see mma_jax.data.mixture).
@@ -13,12 +13,11 @@ import os
 
 import grain
 import jax
-import numpy as np
 from absl import logging
 
 from mma_jax import distributed
-from mma_jax.data import chat, grain_pipeline, mixture, records, tfds_records
-from mma_jax.data import tfds_shapes, vocab
+from mma_jax.data import chat, mixture, pipeline, records, tfds_records, vocab
+from mma_jax.data.shapes import builder as shapes_builder
 
 def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
   """config.data.tokenizer (a tokenizer.json; '' = the shapes one) used with chat template
@@ -48,13 +47,13 @@ class Task:
     d = config.data
     self.image_size = config.model.vision.image_size
     self.tokenizer = load_tokenizer(d.tokenizer, d.template)
-    self.skips = grain_pipeline.SkipCounter()
+    self.skips = pipeline.SkipCounter()
     self.builder = None
     if d.source == "records":
       self.mixture = mixture.sources(d.mixture, d.dir, "train")
     else:
       data_dir = d.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "mma_jax_data")
-      self.builder = distributed.process_zero_first(lambda: tfds_shapes.builder(
+      self.builder = distributed.process_zero_first(lambda: shapes_builder.builder(
           data_dir, train_size=d.train_size, validation_size=d.validation_size,
           test_size=d.test_size, seed=d.seed, image_size=self.image_size))
 
@@ -67,7 +66,7 @@ class Task:
       _, datasets, weights = zip(*self.mixture)
       return mixture.mix(list(datasets), list(weights), self.config.data.shuffle_seed)
     return grain.MapDataset.source(self.builder.as_data_source(split)).map(
-        tfds_shapes.decode_record)
+        shapes_builder.decode_record)
 
   def _record_encode(self, tokens_per_image: int, order: str):
     """A training record -> example dict; imported records get their images decoded first."""
@@ -81,25 +80,13 @@ class Task:
   def train_iterator(self, order: str, tokens_per_image: int):
     """A checkpointable iterator of training batches in the given order ('I&T' or 'T&I')."""
     d, t = self.config.data, self.config.train
-    ds = grain_pipeline.train_dataset(
+    ds = pipeline.train_dataset(
         self.source("train"), self._record_encode(tokens_per_image, order),
         batch_size=t.batch_size // jax.process_count(),  # this process's rows of the batch
         pack_length=d.pack_length, max_images=d.max_images,
         packing=d.packing, seed=d.shuffle_seed, skip_bad_records=d.skip_bad_records,
         prefetch=d.prefetch, counter=self.skips)
     return iter(ds)
-
-  def example_batch(self, tokens_per_image: int) -> dict:
-    """Zeros in the shapes of a training batch (for init)."""
-    b, L, n, s = (self.config.train.batch_size, self.config.data.pack_length,
-                  self.config.data.max_images, self.image_size)
-    z = lambda *shape: np.zeros(shape, np.int32)
-    return {"tokens": z(b, L), "segment_ids": z(b, L), "modality": z(b, L), "role": z(b, L),
-            "turn": z(b, L), "positions": z(b, L),
-            "images": np.zeros((b, n, s, s, 3), np.float32)}
-
-  def eval_order(self) -> str:
-    return "I&T" if self.config.data.order == "DOT" else self.config.data.order
 
   @property
   def name(self) -> str:

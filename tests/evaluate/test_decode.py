@@ -1,12 +1,11 @@
 """Decoding: cached logits equal the uncached forward; generate() against a naive loop."""
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mma_jax import decode
+from mma_jax.evaluate import decode
 from mma_jax.models import llm as llm_lib
 from mma_jax.models import vlm
 from tests.layouts import model_batch, tiny_vlm_config

@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from mma_jax.data import synthetic
+from mma_jax import logs
+from mma_jax.data.shapes import generate
 
 
 class ShapesConfig(tfds.core.BuilderConfig):
@@ -22,7 +24,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 
 class MmaShapes(tfds.core.GeneratorBasedBuilder):
-  """Coloured shapes with captions and six question types (see mma_jax.data.synthetic)."""
+  """Coloured shapes with captions and six question types (see mma_jax.data.shapes.generate)."""
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -43,7 +45,7 @@ class MmaShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split):
     cfg = self.builder_config
     for i in range(cfg.sizes[split]):
-      r = synthetic.make_example(cfg.seed, split, i, cfg.image_size)
+      r = generate.make_example(cfg.seed, split, i, cfg.image_size)
       yield i, dict(r, images=np.stack(r["images"]), conversations=json.dumps(r["conversations"]))
 
 
@@ -53,7 +55,13 @@ def builder(data_dir: str, *, train_size: int, validation_size: int, test_size: 
   cfg = ShapesConfig(train_size=train_size, validation_size=validation_size,
                      test_size=test_size, seed=seed, image_size=image_size)
   b = MmaShapes(config=cfg, data_dir=data_dir, file_format="array_record")
-  b.download_and_prepare()
+  if not b.is_prepared():
+    logging.info("Writing the shapes benchmark (%d / %d / %d train / validation / test records, "
+                 "%d px) to %s.", train_size, validation_size, test_size, image_size, b.data_dir)
+    if not logs.verbose():
+      tfds.disable_progress_bar()
+    with logs.quiet_stdout():
+      b.download_and_prepare()
   return b
 
 

@@ -1,5 +1,5 @@
 """The evaluation harness end to end: a tiny model trained 2 steps, evaluated through the same
-path on the built-in synthetic benchmark and on a VLMEvalKit-format fixture TSV."""
+path on the built-in shapes benchmark and on a VLMEvalKit-format fixture TSV."""
 import csv
 import importlib.util
 import json
@@ -9,13 +9,16 @@ import sys
 
 import pytest
 
-from mma_jax import benchmarks as bm
-from mma_jax import evaluate, train
-from mma_jax.data import chat, grain_pipeline, vocab
-from mma_jax.data.vlmeval_tsv import BadRow
-from tests.data.test_vlmeval_tsv import BLUE, RED, image_b64, write_tsv
+from mma_jax.evaluate import scoring as bm
+from mma_jax.evaluate import runner
+from mma_jax.data import pipeline
+from mma_jax.train.loop import train_and_evaluate
+from mma_jax.evaluate import prompts
+from mma_jax.data import chat, vocab
+from mma_jax.evaluate.vlmeval_tsv import BadTableRow
+from tests.evaluate.test_vlmeval_tsv import BLUE, RED, image_b64, write_tsv
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "sft_mma.py")
 
 
@@ -47,13 +50,13 @@ def make_config(data_dir):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """(config, workdir, test metrics of the training run: the synthetic test split's only;
+  """(config, workdir, test metrics of the training run: the shapes test split's only;
   the run also scores a POPE fixture through config.eval.benchmarks)."""
   root = tmp_path_factory.mktemp("eval")
   config = make_config(str(root / "tfds"))
   config.eval.benchmarks = "pope=" + pope_fixture(root / "pope.tsv")
   workdir = str(root / "run")
-  metrics = train.train_and_evaluate(config, workdir)
+  metrics = train_and_evaluate(config, workdir)
   assert {k for k in metrics if "/" in k and k.split("/")[0] == "pope"}
   return config, workdir, {k: v for k, v in metrics.items() if not k.startswith("pope/")}
 
@@ -63,7 +66,7 @@ def test_training_scores_config_benchmarks_as_the_cli_does(trained, tmp_path):
   data = config.eval.benchmarks.split("=", 1)[1]
   saved = json.load(open(os.path.join(workdir, "results.json")))["benchmarks"]["pope"]
   written = json.load(open(os.path.join(workdir, "eval", "pope_results.json")))
-  cli = evaluate.run(config, workdir, "pope", data=data, out=str(tmp_path))
+  cli = runner.run(config, workdir, "pope", data=data, out=str(tmp_path))
   assert saved["metrics"] == written["metrics"] == cli["metrics"]  # same prompts and scorer
   assert saved["rule"] == cli["rule"] == "vlmevalkit" and saved["rows"] == 3
   assert saved["prompt"] == cli["prompt"] and saved["decoding"] == cli["decoding"]
@@ -83,19 +86,19 @@ def pope_fixture(path, bad_image=False):
                    rows)
 
 
-def test_synthetic_through_the_cli_path_matches_training(trained, tmp_path):
+def test_shapes_through_the_cli_path_matches_training(trained, tmp_path):
   config, workdir, train_metrics = trained
-  results = evaluate.run(config, workdir, "synthetic", out=str(tmp_path))
+  results = runner.run(config, workdir, "shapes", out=str(tmp_path))
   assert results["metrics"] == pytest.approx(train_metrics)  # same prompts, batches, params
   assert results["checkpoint_step"] == 2 and results["rows"] == 8
   assert "records' own conversations" in results["prompt"] and results["extraction"]
-  saved = json.load(open(tmp_path / "synthetic_results.json"))
+  saved = json.load(open(tmp_path / "shapes_results.json"))
   assert saved["metrics"] == pytest.approx(train_metrics)
-  with open(tmp_path / "synthetic_predictions.tsv", newline="") as f:
+  with open(tmp_path / "shapes_predictions.tsv", newline="") as f:
     table = list(csv.DictReader(f, delimiter="\t"))
   assert len(table) == 8 and set(table[0]) == {"index", "id", "question", "answer",
                                                 "category", "prediction"}
-  rescored = evaluate.score_file("synthetic", str(tmp_path / "synthetic_predictions.tsv"))
+  rescored = runner.score_file("shapes", str(tmp_path / "shapes_predictions.tsv"))
   assert rescored["metrics"] == pytest.approx(train_metrics)
 
 
@@ -104,19 +107,19 @@ def test_bad_rows_stop_decoding_with_file_and_row_or_are_counted(tmp_path):
   config = make_config("")
   config.eval.prompt_length = 30  # one question in the fixture is too long for it
   data = pope_fixture(tmp_path / "pope.tsv", bad_image=True)
-  table, orphans = evaluate.read_benchmark(bm.get("pope"), data, False, None)
+  table, orphans = runner.read_benchmark(bm.get("pope"), data, False, None)
   assert orphans == 0
   table.rows[2]["question"] = "is there " * 20
   encode = chat.prompt_encoder(vocab.shapes_tokenizer(), 4, "I&T", 16)
-  record_of = lambda i: evaluate.tsv_record(table, bm.get("pope"), 16, i)
-  decode = lambda: evaluate.decode_table(None, None, table, record_of, encode, None, config,
+  record_of = lambda i: prompts.tsv_record(table, bm.get("pope"), 16, i)
+  decode = lambda: runner.decode_table(None, None, table, record_of, encode, None, config,
                                          counter)
-  counter = grain_pipeline.SkipCounter()
-  with pytest.raises(BadRow, match=r"pope.tsv line 4 \(index 2\): the prompt has \d+ tokens "
+  counter = pipeline.SkipCounter()
+  with pytest.raises(BadTableRow, match=r"pope.tsv line 4 \(index 2\): the prompt has \d+ tokens "
                      r"and 1 images; .*config.eval.prompt_length=30"):
     decode()
   table.rows[2]["question"] = "short"
-  with pytest.raises(BadRow, match=r"pope.tsv line 5 \(index 3\): cannot read the image"):
+  with pytest.raises(BadTableRow, match=r"pope.tsv line 5 \(index 3\): cannot read the image"):
     decode()
   config.eval.batch_size, config.eval.skip_bad_rows = 1, True
   table.rows = table.rows[3:]  # the bad row alone: skipped, so nothing is decoded
@@ -135,10 +138,10 @@ def test_mmbench_table_with_copies_keeps_file_lines_and_drops_orphan_copies(tmp_
           dict(good, index=1000002, answer="A", A="blue", B="red"),
           dict(good, index=3000005, answer="A", A="blue", B="red")]  # no main row 5 at all
   data = write_tsv(tmp_path / "mmbench.tsv", MMBENCH, rows)
-  with pytest.raises(BadRow, match=r"mmbench.tsv line 3: the row has fewer fields"):
-    evaluate.read_benchmark(bm.get("mmbench"), data, False, None)
-  counter = grain_pipeline.SkipCounter()
-  table, orphans = evaluate.read_benchmark(bm.get("mmbench"), data, True, counter)
+  with pytest.raises(BadTableRow, match=r"mmbench.tsv line 3: the row has fewer fields"):
+    runner.read_benchmark(bm.get("mmbench"), data, False, None)
+  counter = pipeline.SkipCounter()
+  table, orphans = runner.read_benchmark(bm.get("mmbench"), data, True, counter)
   assert counter.count == 1 and orphans == 2  # 1000002 (main skipped) and 3000005 (absent)
   assert [r["index"] for r in table.rows] == ["1", "1000001"]  # copies kept: none added
   assert table.lines == [2, 4]  # each row's own line in the file, not its main row's
@@ -148,7 +151,7 @@ def test_mmbench_table_with_copies_keeps_file_lines_and_drops_orphan_copies(tmp_
   data = write_tsv(tmp_path / "plain.tsv", MMBENCH, [
       dict(good, index=7, answer="B", A="red", B="blue"),
       dict(good, index=8, answer="A", A="red", B="blue")])
-  table, orphans = evaluate.read_benchmark(bm.get("mmbench"), data, False, None)
+  table, orphans = runner.read_benchmark(bm.get("mmbench"), data, False, None)
   assert orphans == 0
   assert [(r["index"], n) for r, n in zip(table.rows, table.lines)] == [
       ("7", 2), ("8", 3), ("1000007", 2), ("1000008", 3)]
@@ -189,7 +192,7 @@ def test_cli_on_a_fixture_tsv_then_rescoring_without_a_model(trained, tmp_path):
       [sys.executable, "-m", "mma_jax.evaluate", "score", "--benchmark=pope", "--rule=strict",
        f"--predictions={predictions}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "no scoring rule 'strict'" in bad.stderr
-  assert score.stdout.strip() == evaluate.format_results(
-      evaluate.score_file("pope", predictions)).strip()
+  assert score.stdout.strip() == runner.format_results(
+      runner.score_file("pope", predictions)).strip()
   f1 = next(line for line in score.stdout.splitlines() if line.split()[0] == "overall/f1")
   assert float(f1.split()[1]) == pytest.approx(results["metrics"]["overall/f1"], abs=1e-3)

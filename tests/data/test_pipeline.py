@@ -4,18 +4,20 @@ import functools
 import numpy as np
 import pytest
 
-from mma_jax.data import chat, grain_pipeline, synthetic, vocab
+from mma_jax.data import chat, vocab
+from mma_jax.data import pipeline
+from mma_jax.data.shapes import generate
 
 TOK = vocab.shapes_tokenizer()
 TPI = 4  # tokens per image
-RECORDS = [synthetic.make_example(1, "train", i, image_size=16) for i in range(24)]
+RECORDS = [generate.make_example(1, "train", i, image_size=16) for i in range(24)]
 
 
 def _dataset(records=RECORDS, **kw):
   args = dict(batch_size=2, pack_length=96, max_images=4, packing=True, seed=0, prefetch=0)
   args.update(kw)
   encode = functools.partial(chat.encode, tok=TOK, tokens_per_image=TPI, image_size=16)
-  return grain_pipeline.train_dataset(records, encode, **args)
+  return pipeline.train_dataset(records, encode, **args)
 
 
 def _take(it, n):
@@ -81,7 +83,7 @@ def test_deterministic_and_iterator_state_restores_the_stream():
 def test_too_long_sample_is_an_error_or_a_counted_skip():
   with pytest.raises(chat.BadRecord, match="config.data.pack_length=30"):
     next(iter(_dataset(pack_length=30)))
-  counter = grain_pipeline.SkipCounter()
+  counter = pipeline.SkipCounter()
   long_record = dict(RECORDS[4], id="long-one",
                      conversations=[{"from": "human", "value": "<image>\n" + "a " * 80},
                                     {"from": "gpt", "value": "yes"}])

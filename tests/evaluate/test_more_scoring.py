@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mma_jax import benchmarks as bm
-from mma_jax import evaluate
+from mma_jax.evaluate import scoring as bm
+from mma_jax.evaluate import runner
 
 
 def test_new_benchmarks_are_registered_under_their_vlmevalkit_names():
@@ -139,7 +139,7 @@ def test_hallusion_through_the_cli_scorer(tmp_path):
     w = csv.DictWriter(f, columns, delimiter="\t")
     w.writeheader()
     w.writerows(HALLUSION)
-  results = evaluate.score_file("HallusionBench", str(path))
+  results = runner.score_file("HallusionBench", str(path))
   assert results["metrics"]["overall/aAcc"] == pytest.approx(60.0)
   assert results["metrics"]["overall/fAcc"] == pytest.approx(100 / 3)
   assert results["metrics"]["overall/qAcc"] == pytest.approx(100 / 3)

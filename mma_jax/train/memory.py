@@ -11,8 +11,8 @@
                on the dense 'xla' path only (kernels keep softmax statistics); a frozen vision
                tower keeps nothing
 
-The model's own FLOPs are in mma_jax.flops; the compiled step's real footprint on the running
-backend is what train.py logs next to this estimate (XLA's memory analysis).
+The model's own FLOPs are in mma_jax.models.flops; the compiled step's real footprint on the
+running backend is what the training loop logs next to this estimate (XLA's memory analysis).
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import jax
 import numpy as np
 
 from mma_jax import attention as attn_lib
-from mma_jax import optimizer, sharding
-from mma_jax.models import layers, vlm
+from mma_jax import sharding, tokens
+from mma_jax.models import build, layers, vlm
 from mma_jax.models.configs import VLMConfig
+from mma_jax.train import optimizer
+from mma_jax.train import step as step_lib
 
 GiB = 1024 ** 3
 
@@ -159,27 +161,10 @@ def format_usage(u: Usage, device_bytes: int | None = None) -> str:
   return line
 
 
-def abstract_batch(batch: int, length: int, images: int, image_size: int) -> dict:
-  """ShapeDtypeStructs of a model batch (the keys VLM.__call__ reads)."""
-  seq = jax.ShapeDtypeStruct((batch, length), np.int32)
-  return {"tokens": seq, "segment_ids": seq, "modality": seq, "role": seq, "turn": seq,
-          "positions": seq,
-          "images": jax.ShapeDtypeStruct((batch, images, image_size, image_size, 3), np.float32)}
-
-
-def abstract_params(cfg: VLMConfig):
-  """The parameters' shapes with their logical names (nn.Partitioned of ShapeDtypeStructs)."""
-  model = vlm.VLM(cfg)
-  return jax.eval_shape(lambda b: model.init(jax.random.key(0), b, "causal")["params"],
-                        abstract_batch(1, 8, 1, cfg.vision.image_size))
-
-
 def estimate(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, images: int,
              grad_accum: int = 1, backend: str | None = None) -> Usage:
   """Usage of training `cfg` on `mesh` (a Mesh or an AbstractMesh), from jax.eval_shape."""
-  boxed = abstract_params(cfg)
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  params = sharding.unbox(boxed)
+  params, shardings = build.param_shardings(cfg, mesh, rules)
   opt, _ = optimizer.make(optim_cfg, 1, params)
   opt_state = jax.eval_shape(opt.init, params)
   acts = activations(cfg, mesh, rules, batch // grad_accum, length, images,
@@ -196,22 +181,12 @@ def compiled(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, im
   The inputs are ShapeDtypeStructs: nothing is allocated. Returns jax's CompiledMemoryStats
   (argument_size_in_bytes, temp_size_in_bytes, ...) of one device.
   """
-  from mma_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-  model = vlm.VLM(cfg)
-  data = abstract_batch(batch, length, images, cfg.vision.image_size)
-  data.update(targets=data["tokens"], loss_mask=jax.ShapeDtypeStruct((batch, length), np.bool_))
+  data = tokens.abstract_batch(batch, length, images, cfg.vision.image_size, train=True)
   with sharding.use(mesh, rules):
-    boxed = abstract_params(cfg)
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    params = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sharding.unbox(boxed),
-        shardings)
+    params, _ = build.param_shardings(cfg, mesh, rules)
     opt, _ = optimizer.make(optim_cfg, 1, params)
-    opt_state = jax.eval_shape(opt.init, params)
-    state_shardings = train.state_shardings(
-        shardings, sharding.like_params(opt_state, params, shardings, mesh), mesh)
-    step = train.jit_train_step(model, opt, "mma", grad_accum,
-                                optimizer.trainable_mask(params, optim_cfg.freeze),
-                                state_shardings, mesh)
-    state = train.TrainState(jax.ShapeDtypeStruct((), np.int32), params, opt_state)
+    state = step_lib.abstract_state(cfg, opt, mesh, rules)
+    step = step_lib.jit_train_step(vlm.VLM(cfg), opt, "mma", grad_accum,
+                                   optimizer.trainable_mask(params, optim_cfg.freeze),
+                                   jax.tree_util.tree_map(lambda x: x.sharding, state), mesh)
     return step.lower(state, data).compile().memory_analysis()

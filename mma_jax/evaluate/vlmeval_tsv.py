@@ -30,7 +30,7 @@ REFERENCE_MAX_CHARS = 64  # VLMEvalKit: an image cell this short names another r
 SKIP_HINT = "or set config.eval.skip_bad_rows=True to skip such rows with a count"
 
 
-class BadRow(ValueError):
+class BadTableRow(ValueError):
   """A row that cannot be used; the message names the file, line and index."""
 
 
@@ -47,8 +47,8 @@ class Table:
     return f"{self.path} line {self.lines[i]} (index {self.rows[i].get('index', '?')})"
 
 
-def skip_or_raise(error: BadRow, skip_bad_rows: bool, counter) -> None:
-  """Raise the error, or (skip_bad_rows) count it on a grain_pipeline.SkipCounter."""
+def skip_or_raise(error: BadTableRow, skip_bad_rows: bool, counter) -> None:
+  """Raise the error, or (skip_bad_rows) count it on a mma_jax.data.pipeline.SkipCounter."""
   if not skip_bad_rows:
     raise error
   counter.skip(str(error))
@@ -57,8 +57,8 @@ def skip_or_raise(error: BadRow, skip_bad_rows: bool, counter) -> None:
 def read_table(path: str, required=("index",), skip_bad_rows: bool = False,
                counter=None) -> Table:
   """All rows of a TSV. Missing columns are an error; malformed rows (wrong field count, empty
-  or repeated index, an image reference to no image) raise BadRow or, with skip_bad_rows,
-  are counted by `counter` (a grain_pipeline.SkipCounter) and left out."""
+  or repeated index, an image reference to no image) raise BadTableRow or, with skip_bad_rows,
+  are counted by `counter` (a mma_jax.data.pipeline.SkipCounter) and left out."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No benchmark table at {path}; pass --data=FILE.tsv (VLMEvalKit "
                             "TSV format) or put the file there.")
@@ -86,7 +86,7 @@ def read_table(path: str, required=("index",), skip_bad_rows: bool = False,
       elif row["index"] in seen:
         problem = f"repeats index {row['index']}"
       if problem:
-        skip_or_raise(BadRow(f"{path} line {line}: the row {problem}. Fix the row, "
+        skip_or_raise(BadTableRow(f"{path} line {line}: the row {problem}. Fix the row, "
                               f"{SKIP_HINT}."), skip_bad_rows, counter)
         continue
       seen.add(row["index"])
@@ -105,7 +105,7 @@ def _check_references(table: Table, skip_bad_rows: bool, counter) -> None:
   for i, row in enumerate(table.rows):
     ref = row["image"].strip()
     if ref and len(ref) <= REFERENCE_MAX_CHARS and ref not in table.image_cells:
-      skip_or_raise(BadRow(f"{table.where(i)}: the image cell {ref!r} is a reference to "
+      skip_or_raise(BadTableRow(f"{table.where(i)}: the image cell {ref!r} is a reference to "
                             f"index {ref}, which has no image in this file. Fix the row, "
                             f"{SKIP_HINT}."), skip_bad_rows, counter)
     else:
@@ -124,7 +124,7 @@ def _cell_list(value: str) -> list[str]:
 
 
 def images(table: Table, i: int, size: int) -> list[np.ndarray]:
-  """Row i's images as uint8[size, size, 3] arrays ([] when the row has none), or BadRow.
+  """Row i's images as uint8[size, size, 3] arrays ([] when the row has none), or BadTableRow.
 
   Preprocessing is mma_jax.data.images.resize: RGB, bicubic to a square (as AKI / SigLIP)."""
   row = table.rows[i]
@@ -144,7 +144,7 @@ def images(table: Table, i: int, size: int) -> list[np.ndarray]:
       return [images_lib.load(p, size) for p in paths]
     return []
   except (binascii.Error, OSError, ValueError, SyntaxError) as e:
-    raise BadRow(f"{table.where(i)}: cannot read the image ({type(e).__name__}: {e}). Fix "
+    raise BadTableRow(f"{table.where(i)}: cannot read the image ({type(e).__name__}: {e}). Fix "
                  f"the row, {SKIP_HINT}.") from e
 
 

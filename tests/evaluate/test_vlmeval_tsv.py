@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mma_jax.data import grain_pipeline, vlmeval_tsv
-from mma_jax.data.vlmeval_tsv import BadRow
+from mma_jax.data import pipeline
+from mma_jax.evaluate import vlmeval_tsv
+from mma_jax.evaluate.vlmeval_tsv import BadTableRow
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -54,7 +55,7 @@ def test_image_path_rows_read_files_next_to_the_table(tmp_path):
                    [{"index": 1, "image_path": "a.png"}, {"index": 2, "image_path": "gone.jpg"}])
   table = vlmeval_tsv.read_table(path)
   assert tuple(vlmeval_tsv.images(table, 0, 4)[0][0, 0]) == BLUE
-  with pytest.raises(BadRow, match=rf"b.tsv line 3 \(index 2\).*{tmp_path}/gone.jpg does not"):
+  with pytest.raises(BadTableRow, match=rf"b.tsv line 3 \(index 2\).*{tmp_path}/gone.jpg does not"):
     vlmeval_tsv.images(table, 1, 4)
 
 
@@ -66,18 +67,18 @@ def test_bad_rows_name_the_file_and_row_or_are_counted(tmp_path):
           {"index": 4, "image": "99"},  # a reference to an index that does not exist
           {"index": 1, "image": good}]  # repeated index
   path = write_tsv(tmp_path / "bad.tsv", COLUMNS, rows)
-  with pytest.raises(BadRow, match=r"bad.tsv line 3: the row has more fields than the header"):
+  with pytest.raises(BadTableRow, match=r"bad.tsv line 3: the row has more fields than the header"):
     vlmeval_tsv.read_table(path)
-  counter = grain_pipeline.SkipCounter()
+  counter = pipeline.SkipCounter()
   table = vlmeval_tsv.read_table(path, skip_bad_rows=True, counter=counter)
   assert counter.count == 3  # extra field, repeated index, dangling reference
   assert [r["index"] for r in table.rows] == ["1", "3"]
-  with pytest.raises(BadRow, match=r"bad.tsv line 4 \(index 3\): cannot read the image"):
+  with pytest.raises(BadTableRow, match=r"bad.tsv line 4 \(index 3\): cannot read the image"):
     vlmeval_tsv.images(table, 1, 8)
   with pytest.raises(ValueError, match=r"missing column\(s\) \['answer'\]"):
     write_tsv(tmp_path / "x.tsv", ["index", "image"], [{"index": 1}])
     vlmeval_tsv.read_table(str(tmp_path / "x.tsv"), ("index", "answer"))
-  with pytest.raises(BadRow, match="line 2: the row has fewer fields"):
+  with pytest.raises(BadTableRow, match="line 2: the row has fewer fields"):
     with open(tmp_path / "short.tsv", "w") as f:
       f.write("index\tquestion\tanswer\n1\tq\n")
     vlmeval_tsv.read_table(str(tmp_path / "short.tsv"))

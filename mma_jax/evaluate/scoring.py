@@ -1,10 +1,10 @@
 """Judge-free benchmark scoring: per benchmark a fixed prompt, a fixed answer extraction and its
 metrics, following VLMEvalKit's exact-matching conventions unless an entry says otherwise.
 
-A row is a dict of strings: a VLMEvalKit TSV row (mma_jax.data.vlmeval_tsv) plus `prediction`,
+A row is a dict of strings: a VLMEvalKit TSV row (mma_jax.evaluate.vlmeval_tsv) plus `prediction`,
 the model's raw answer. Each REGISTRY entry records its prompt template and extraction rule,
 and both are written next to every score. Scores are percentages (MME: points, acc% + acc+%
-per subtask), except `synthetic`, whose accuracies are fractions as in a run's results.json.
+per subtask), except `shapes`, whose accuracies are fractions as in a run's results.json.
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], rule: str = "vlmevalki
 
 
 def normalize(text: str) -> str:
-  """The synthetic benchmark's rule: lowercase, outer spaces and periods off, spaces folded."""
+  """The shapes benchmark's rule: lowercase, outer spaces and periods off, spaces folded."""
   return " ".join(text.lower().strip().strip(".").split())
 
 
@@ -433,7 +433,7 @@ def shapes_score(predictions: Sequence[str], answers: Sequence[str], types: Sequ
   return out
 
 
-def synthetic_metrics(rows: Sequence[Row]) -> dict[str, float]:
+def shapes_metrics(rows: Sequence[Row]) -> dict[str, float]:
   """shapes_score with chance = the majority-answer rate per question type (`category`)."""
   answers = collections.defaultdict(collections.Counter)
   for r in rows:
@@ -709,13 +709,13 @@ REGISTRY = {b.name: b for b in (
               "normalisation [VLMEvalKit process_line 'accuracy' for GQA]", gqa_metrics,
               lambda r: r["question"] + VQA_SUFFIX, vlmeval_name="GQA_TestDev_Balanced",
               aliases=("gqa_testdev_balanced",)),
-    Benchmark("synthetic", "the records' own conversations (mma_jax.data.synthetic, test split)",
+    Benchmark("shapes", "the records' own conversations (mma_jax.data.shapes, test split)",
               "normalize: lowercase, outer spaces and periods off; exact match",
-              synthetic_metrics, None, required=("index", "answer", "category"),
+              shapes_metrics, None, required=("index", "answer", "category"),
               aliases=("shapes",)),
     Benchmark("records", "the records' own conversations (the imported sources' split)",
               "normalize: lowercase, outer spaces and periods off; exact match; per source "
-              "(category); chance = the majority answer's rate", synthetic_metrics, None,
+              "(category); chance = the majority answer's rate", shapes_metrics, None,
               required=("index", "answer", "category")),
     Benchmark("mmmu", MCQ_PROMPT + MMMU_PROMPT_NOTE, OPTION + MMMU_RULE, mmmu_metrics, mcq_prompt,
               vlmeval_name="MMMU_DEV_VAL", aliases=("mmmu_val", "mmmu_dev_val")),

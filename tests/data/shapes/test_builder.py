@@ -5,11 +5,12 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mma_jax.data import synthetic, tfds_shapes
+from mma_jax.data.shapes import generate
+from mma_jax.data.shapes import builder as shapes_builder
 
 
 def test_builder_writes_array_record_and_data_source_reads_the_records(tmp_path):
-  b = tfds_shapes.builder(str(tmp_path), train_size=8, validation_size=3, test_size=3, seed=5,
+  b = shapes_builder.builder(str(tmp_path), train_size=8, validation_size=3, test_size=3, seed=5,
                           image_size=16)
   assert glob.glob(os.path.join(b.data_dir, "*.array_record*"))
   source = tfds.data_source("mma_shapes", split="train",
@@ -17,14 +18,14 @@ def test_builder_writes_array_record_and_data_source_reads_the_records(tmp_path)
   assert len(source) == 8
   ids = set()
   for i in range(len(source)):  # TFDS stores examples in its own order: match them by id
-    got = tfds_shapes.decode_record(source[i])
+    got = shapes_builder.decode_record(source[i])
     ids.add(got["id"])
-    want = synthetic.make_example(5, "train", int(got["id"].rsplit("-", 1)[1]), 16)
+    want = generate.make_example(5, "train", int(got["id"].rsplit("-", 1)[1]), 16)
     assert got["id"] == want["id"] and got["conversations"] == want["conversations"]
     for g, w in zip(got["images"], want["images"], strict=True):
       np.testing.assert_array_equal(g, w)
   assert ids == {f"shapes-train-{i}" for i in range(8)}
   # A second call reuses the prepared files.
-  again = tfds_shapes.builder(str(tmp_path), train_size=8, validation_size=3, test_size=3,
+  again = shapes_builder.builder(str(tmp_path), train_size=8, validation_size=3, test_size=3,
                               seed=5, image_size=16)
   assert len(again.as_data_source("test")) == 3

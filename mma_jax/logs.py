@@ -1,0 +1,59 @@
+"""A run's log is for a person: its own lines stand out, libraries' INFO chatter stays hidden.
+
+Orbax (several INFO lines per checkpoint), TFDS, Grain and JAX log through Python logging at
+INFO; TensorFlow's C++ core and TFDS's dataset banner and progress bars write to the terminal
+directly. Below absl's --verbosity=1 (`-v 1`) only their WARNINGs and errors pass; INFO lines
+from mma_jax and from clu (the metric lines, and ReportProgress's steps/s and ETA) always do.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+
+from absl import logging as absl_logging
+
+# TensorFlow (imported by TFDS) reads this once, at its import: the command lines import this
+# module first, so its C++ core's INFO lines (oneDNN notices) stay out of the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+# INFO lines from these packages are the run's own.
+_OWN = tuple(os.path.dirname(importlib.util.find_spec(name).origin) + os.sep
+             for name in ("mma_jax", "clu"))
+
+
+def verbose() -> bool:
+  """True when --verbosity (absl) asks for more than INFO: libraries' chatter is then shown."""
+  return absl_logging.get_verbosity() >= 1
+
+
+class LibraryChatter(logging.Filter):
+  """Drops INFO and below from outside mma_jax and clu, unless verbose()."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING or record.pathname.startswith(_OWN)
+            or verbose())
+
+
+CHATTER = LibraryChatter()
+
+
+def quiet_libraries() -> None:
+  """Hide libraries' INFO lines from absl's handler (command lines) and from the absl logger
+  (notebooks, where its records reach the root logger's handlers). Idempotent."""
+  for target in (absl_logging.get_absl_handler(), logging.getLogger("absl")):
+    if CHATTER not in target.filters:
+      target.addFilter(CHATTER)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+  """Inside: what libraries print to stdout (TFDS's "Downloading and preparing dataset ..."
+  banner) is dropped, unless verbose()."""
+  if verbose():
+    yield
+  else:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield

@@ -1,0 +1,52 @@
+"""The run's log: libraries' INFO lines are hidden unless --verbosity asks, ours never are."""
+import logging
+import os
+import sys
+
+from absl import logging as absl_logging
+
+from mma_jax import logs
+
+
+def record(pathname: str, level: int) -> logging.LogRecord:
+  return logging.LogRecord("absl", level, pathname, 1, "message", None, None)
+
+
+def test_library_info_is_hidden_unless_verbose():
+  orbax = os.path.join(sys.prefix, "lib", "site-packages", "orbax", "checkpoint",
+                       "checkpoint_manager.py")
+  ours = os.path.join(os.path.dirname(logs.__file__), "train", "loop.py")
+  keep = logs.CHATTER.filter
+  before = absl_logging.get_verbosity()
+  try:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    assert not keep(record(orbax, logging.INFO))
+    assert keep(record(orbax, logging.WARNING))  # warnings of libraries always pass
+    assert keep(record(ours, logging.INFO))
+    absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
+    assert keep(record(orbax, logging.INFO))
+  finally:
+    absl_logging.set_verbosity(before)
+
+
+def test_quiet_libraries_installs_the_filter_once():
+  logs.quiet_libraries()
+  logs.quiet_libraries()
+  handler = absl_logging.get_absl_handler()
+  assert sum(f is logs.CHATTER for f in handler.filters) == 1
+  assert os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+def test_quiet_stdout_drops_prints_unless_verbose(capsys):
+  before = absl_logging.get_verbosity()
+  try:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    with logs.quiet_stdout():
+      print("Downloading and preparing dataset")
+    absl_logging.set_verbosity(absl_logging.DEBUG)
+    with logs.quiet_stdout():
+      print("shown when verbose")
+  finally:
+    absl_logging.set_verbosity(before)
+  out = capsys.readouterr().out
+  assert "Downloading" not in out and "shown when verbose" in out
