@@ -13,8 +13,7 @@ import time
 import grain
 import numpy as np
 
-from mma_jax.data import chat, vocab
-from mma_jax.data import pipeline
+from mma_jax.data import chat, pipeline, vocab
 from mma_jax.data.shapes import builder as shapes_builder
 
 

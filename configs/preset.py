@@ -4,8 +4,8 @@ tiny, llama3.2-1b, llama3.2-3b-siglip, qwen2.5-7b-siglip, phi3.5-mini-siglip, ak
 Randomly initialised at the preset's size: for memory / speed runs and from-scratch training.
 To start from released weights, convert them and use configs/from_hf.py instead.
 """
-from mma_jax.models import presets
 from mma_jax.config import base_config
+from mma_jax.models import presets
 
 
 def get_config(name: str = "tiny"):

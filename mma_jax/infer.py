@@ -14,10 +14,9 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from mma_jax.evaluate import decode
-from mma_jax.evaluate import prompts
 from mma_jax.convert import hf
 from mma_jax.data import chat, images, vocab
+from mma_jax.evaluate import decode, prompts
 from mma_jax.models import configs, vlm
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mma_jax import attention as attn_lib
-from mma_jax import masks
+from mma_jax import masks, tokens
 from mma_jax.data import chat
 from mma_jax.evaluate import prompts, runner
 from mma_jax.models import llm, rope, vlm
@@ -60,7 +60,7 @@ def trace(model: vlm.VLM, params, batch: Mapping[str, jax.Array], kind: str) -> 
   """
   cfg = model.cfg.llm
   x = model.apply({"params": params}, batch, method=_embed)
-  ids = [batch[k] for k in ("segment_ids", "modality", "role", "turn")]
+  ids = [batch[k] for k in tokens.ID_KEYS]
   q_ids, k_ids = attn_lib.token_ids(*ids, kind)
   mask = masks.dense_mask(*ids, kind)
   sin_cos = rope.sin_cos(batch["positions"], cfg.rope, cfg.head_dim)

@@ -14,7 +14,8 @@ import grain
 import jax
 import numpy as np
 
-from mma_jax import checkpoint, config as config_lib, sharding
+from mma_jax import checkpoint, sharding
+from mma_jax import config as config_lib
 from mma_jax.models import build, vlm
 from mma_jax.train import optimizer
 from mma_jax.train import step as step_lib

@@ -7,8 +7,8 @@ from clu import metric_writers
 
 from mma_jax import mechanism
 from mma_jax.data import vocab
-from mma_jax.models import vlm
 from mma_jax.data.shapes import generate
+from mma_jax.models import vlm
 from tests.layouts import tiny_vlm_config
 
 

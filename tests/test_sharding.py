@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 
 from mma_jax import config as config_lib
-from mma_jax import sharding
-from mma_jax.models import configs, vlm
-from mma_jax.models import flops
+from mma_jax import sharding, tokens
+from mma_jax.models import build, configs, flops, vlm
 from mma_jax.train import memory
-from mma_jax import tokens
-from mma_jax.models import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -21,13 +21,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mma_jax import attention
 from mma_jax.convert import aki as aki_conv
 from mma_jax.convert import llm as llm_conv
 from mma_jax.convert import siglip
 from mma_jax.convert import tensors as tio
 from mma_jax.convert.rules import export_params, hf_shapes, import_params
 from mma_jax.models import configs as mc
-from mma_jax import attention
 from mma_jax.models import connector as connector_lib
 from mma_jax.models import llm as llm_lib
 from mma_jax.models import vit
@@ -193,6 +193,7 @@ def add_image_tokens(conv: Converted, tokenizer_dir: str | None, out: str) -> li
   Qwen2.5 pad their tables past the tokenizer) or past the table, which then grows.
   Writes the tokenizer to out/tokenizer.json; returns the tokens added."""
   import tokenizers
+
   from mma_jax.data import templates, vocab
   path = os.path.join(tokenizer_dir or "", "tokenizer.json")
   if not tokenizer_dir or not os.path.exists(path) or "llm" not in conv.model:

@@ -19,6 +19,7 @@ from mma_jax import distributed
 from mma_jax.data import chat, mixture, pipeline, records, tfds_records, vocab
 from mma_jax.data.shapes import builder as shapes_builder
 
+
 def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
   """config.data.tokenizer (a tokenizer.json; '' = the shapes one) used with chat template
   config.data.template (mma_jax.data.templates)."""

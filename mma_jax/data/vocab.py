@@ -6,8 +6,8 @@ from __future__ import annotations
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from mma_jax.data.shapes import generate
 from mma_jax.data import templates
+from mma_jax.data.shapes import generate
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>", "<|system|>", "<|user|>", "<|assistant|>",
             "<|end|>", "<|endofchunk|>")

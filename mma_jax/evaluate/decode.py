@@ -16,8 +16,7 @@ import jax.numpy as jnp
 
 from mma_jax import masks
 from mma_jax.models import llm as llm_lib
-
-RESPONSE = 2
+from mma_jax.tokens import RESPONSE, TEXT
 
 
 def prefill(model: nn.Module, params, prompt: Mapping[str, Any], kind: str, max_new_tokens: int):
@@ -42,7 +41,7 @@ def extend(model: nn.Module, params, tokens, positions, turn, cache, index, kind
   Returns: (logits f32[B, V], cache).
   """
   ones = jnp.ones_like(tokens)[:, None]
-  chunk = {"tokens": tokens[:, None], "segment_ids": ones, "modality": 0 * ones,
+  chunk = {"tokens": tokens[:, None], "segment_ids": ones, "modality": TEXT * ones,
            "role": RESPONSE * ones, "turn": turn[:, None], "positions": positions[:, None]}
   logits, cache = model.apply(params, chunk, kind, cache, index)
   return logits[:, 0], cache

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mma_jax.models.configs import LLMConfig, VLMConfig, ViTConfig
+from mma_jax.models.configs import LLMConfig, ViTConfig, VLMConfig
 
 COMPONENTS = ("vision", "connector", "llm")  # in data-flow order
 

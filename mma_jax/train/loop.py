@@ -23,8 +23,7 @@ from mma_jax import checkpoint as ckpt_lib
 from mma_jax import config as config_lib
 from mma_jax import distributed, sharding, tokens
 from mma_jax.data import task as task_lib
-from mma_jax.evaluate import runner
-from mma_jax.evaluate import scoring
+from mma_jax.evaluate import runner, scoring
 from mma_jax.models import build, flops, vlm
 from mma_jax.train import memory, optimizer
 from mma_jax.train import step as step_lib

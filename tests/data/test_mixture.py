@@ -10,14 +10,13 @@ import pytest
 import tokenizers
 
 from mma_jax import config as config_lib
-from mma_jax.train import optimizer
-from mma_jax.data import task
 from mma_jax import tokens
-from mma_jax.train import step as step_lib
-from mma_jax.evaluate import prompts
-from mma_jax.data import mixture, vocab
+from mma_jax.data import mixture, task, vocab
 from mma_jax.data.importers import import_source
+from mma_jax.evaluate import prompts
 from mma_jax.models import vlm
+from mma_jax.train import optimizer
+from mma_jax.train import step as step_lib
 from tests.data.test_importers import llava_fixture, png_bytes, wds_shard
 from tests.layouts import tiny_vlm_config
 

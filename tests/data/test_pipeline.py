@@ -4,8 +4,7 @@ import functools
 import numpy as np
 import pytest
 
-from mma_jax.data import chat, vocab
-from mma_jax.data import pipeline
+from mma_jax.data import chat, pipeline, vocab
 from mma_jax.data.shapes import generate
 
 TOK = vocab.shapes_tokenizer()

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mma_jax import tokens
 from mma_jax.evaluate import decode
 from mma_jax.models import llm as llm_lib
 from mma_jax.models import vlm
@@ -33,7 +34,7 @@ def _two_rows(layout, turn=None, seg=None, num_images=None):
   return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
-@pytest.mark.parametrize("kind", ["causal", "mma", "prefix"])
+@pytest.mark.parametrize("kind", tokens.KINDS)
 def test_cached_decoding_matches_uncached_forward(model_and_params, kind):
   model, params = model_and_params
   full = _two_rows(LAYOUT, turn=TURNS)

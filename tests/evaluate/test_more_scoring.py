@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mma_jax.evaluate import scoring as bm
 from mma_jax.evaluate import runner
+from mma_jax.evaluate import scoring as bm
 
 
 def test_new_benchmarks_are_registered_under_their_vlmevalkit_names():

@@ -9,13 +9,11 @@ import sys
 
 import pytest
 
+from mma_jax.data import chat, pipeline, vocab
+from mma_jax.evaluate import prompts, runner
 from mma_jax.evaluate import scoring as bm
-from mma_jax.evaluate import runner
-from mma_jax.data import pipeline
-from mma_jax.train.loop import train_and_evaluate
-from mma_jax.evaluate import prompts
-from mma_jax.data import chat, vocab
 from mma_jax.evaluate.vlmeval_tsv import BadTableRow
+from mma_jax.train.loop import train_and_evaluate
 from tests.evaluate.test_vlmeval_tsv import BLUE, RED, image_b64, write_tsv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

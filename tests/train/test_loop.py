@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 
 from mma_jax import config as config_lib
-from mma_jax.train import optimizer
-from mma_jax.data import pipeline
-from mma_jax.data.shapes import generate
-from mma_jax.train.loop import train_and_evaluate
 from mma_jax import tokens
-from mma_jax.train import step as step_lib
-from mma_jax.data import chat, vocab
+from mma_jax.data import chat, pipeline, vocab
+from mma_jax.data.shapes import generate
 from mma_jax.models import vlm
+from mma_jax.train import optimizer
+from mma_jax.train import step as step_lib
+from mma_jax.train.loop import train_and_evaluate
 from tests.layouts import tiny_vlm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mma_jax.data.shapes import generate
 from mma_jax.data.shapes import builder as shapes_builder
+from mma_jax.data.shapes import generate
 
 
 def test_builder_writes_array_record_and_data_source_reads_the_records(tmp_path):
