@@ -7,9 +7,13 @@ One interface, several implementations (config key model.llm.attention):
   blockwise   XLA, online softmax over key blocks, mask per block, dead blocks skipped;
               O(L * block) memory forward and backward (CPU, long sequences).
   pallas_gpu  Pallas Triton flash kernel, forward and backward, dead blocks skipped (GPU).
+              JAX 0.11 deprecated Pallas's Triton backend: kept as an explicit choice only.
   pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward, dead blocks skipped (TPU).
-  auto        by backend: gpu -> pallas_gpu, tpu -> pallas_tpu, otherwise xla for short
-              sequences and blockwise from DENSE_MAX_KEYS keys on.
+  tokamax     tokamax's Mosaic GPU flash attention (Hopper / Blackwell; optional package) with
+              per-row key ranges after one key reordering (kernels/tokamax_gpu.py).
+  auto        by backend: tpu -> pallas_tpu; gpu -> pallas_gpu before JAX 0.11, then tokamax
+              when installed, else blockwise; otherwise xla for short sequences and blockwise
+              from DENSE_MAX_KEYS keys on.
 
 The Pallas kernels run in interpret mode when the default backend is the CPU (tests). Inside a
 mesh context the kernels run per shard (shard_map over the batch and heads axes of the current
@@ -25,13 +29,17 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from mma_jax import masks
-from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu
+from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu, tokamax_gpu
 from mma_jax.kernels.block_mask import TokenIds
 
-__all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS"]
+__all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS",
+           "resolve", "unavailable"]
 
 # auto on CPU: the dense path up to this many keys, blockwise beyond (see benchmarks/attention.py).
 DENSE_MAX_KEYS = 512
+# JAX 0.11 deprecated Pallas's Triton backend ("will be removed"): auto stops choosing it.
+TRITON_DEPRECATED = jax.__version_info__ >= (0, 11)
+_GPU = ("gpu", "cuda", "rocm")
 
 
 def token_ids(segment_ids, modality, role, turn, kind: str, start=0):
@@ -79,6 +87,7 @@ _KERNELS = {
     "blockwise": blockwise.attention,
     "pallas_gpu": pallas_gpu.attention,
     "pallas_tpu": pallas_tpu.attention,
+    "tokamax": tokamax_gpu.attention,
 }
 assert IMPLEMENTATIONS == ("auto",) + tuple(_KERNELS), "kernels.IMPLEMENTATIONS is out of date"
 
@@ -91,11 +100,33 @@ def resolve(implementation: str, num_keys: int, backend: str | None = None) -> s
   if implementation != "auto":
     return implementation
   backend = backend or jax.default_backend()
-  if backend in ("gpu", "cuda", "rocm"):
-    return "pallas_gpu"
+  if backend in _GPU:
+    if not TRITON_DEPRECATED:
+      return "pallas_gpu"
+    return "tokamax" if tokamax_gpu.installed() else "blockwise"
   if backend == "tpu":
     return "pallas_tpu"
   return "xla" if num_keys <= DENSE_MAX_KEYS else "blockwise"
+
+
+def unavailable(implementation: str, backend: str | None = None) -> str | None:
+  """Why `implementation` cannot run on `backend` (default: this process's), or None if it can.
+
+  The Pallas kernels also run on the CPU, in interpret mode (slow: for tests only).
+  """
+  backend = backend or jax.default_backend()
+  if implementation not in IMPLEMENTATIONS:
+    return f"unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
+  if implementation == "pallas_tpu" and backend not in ("tpu", "cpu"):
+    return "a Pallas TPU (Mosaic) kernel: runs on a TPU, or interpreted on the CPU"
+  if implementation == "pallas_gpu" and backend not in _GPU + ("cpu",):
+    return "a Pallas Triton kernel: runs on a GPU, or interpreted on the CPU"
+  if implementation == "tokamax":
+    if not tokamax_gpu.installed():
+      return tokamax_gpu.INSTALL_HINT
+    if backend not in _GPU:
+      return "tokamax's Mosaic GPU kernel needs an NVIDIA Hopper or Blackwell GPU"
+  return None
 
 
 def _per_shard(fn, q, k):
@@ -125,6 +156,8 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   name = resolve(implementation, k.shape[1])
+  if name == "tokamax" and q.shape[1] != k.shape[1]:
+    name = "blockwise"  # a decode step against the KV cache: not one packed row (see tokamax_gpu)
   fn = _KERNELS[name]
   if name != "xla":
     fn = _per_shard(fn, q, k)

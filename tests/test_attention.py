@@ -60,8 +60,17 @@ def test_config_names_the_key_of_an_unknown_implementation():
     configs.vlm_config_from_dict({"llm": {"attention": "flash"}})
 
 
-def test_auto_picks_the_kernel_of_the_backend():
+def test_auto_picks_the_kernel_of_the_backend(monkeypatch):
+  monkeypatch.setattr(attention, "TRITON_DEPRECATED", False)  # JAX 0.10
   assert attention.resolve("auto", 8192, backend="gpu") == "pallas_gpu"
+  # From JAX 0.11 on, never the deprecated Triton backend: tokamax, or XLA's blockwise path.
+  monkeypatch.setattr(attention, "TRITON_DEPRECATED", True)
+  for installed, want in ((True, "tokamax"), (False, "blockwise")):
+    monkeypatch.setattr(attention.tokamax_gpu, "installed", lambda installed=installed: installed)
+    assert attention.resolve("auto", 8192, backend="gpu") == want
+    assert attention.resolve("auto", 160, backend="cuda") == want
+  assert attention.unavailable("pallas_tpu", "gpu") and attention.unavailable("tokamax", "tpu")
+  assert attention.unavailable("xla", "gpu") is None
   assert attention.resolve("auto", 8192, backend="tpu") == "pallas_tpu"
   assert attention.resolve("auto", 160, backend="cpu") == "xla"
   assert attention.resolve("auto", 8192, backend="cpu") == "blockwise"

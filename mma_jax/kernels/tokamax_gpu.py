@@ -1,0 +1,121 @@
+"""MMA on tokamax's Mosaic GPU flash attention (Hopper / Blackwell), through one key order.
+
+tokamax (openxla/tokamax, optional: `pip install 'mma-jax[tokamax]'`, Python >= 3.12) takes a
+per-query key range [k_start, k_end) and applies it in-kernel, skipping key blocks outside it
+in the forward pass. Our masks are not ranges in the natural order (an image row sees the keys
+up to itself and, past the later images, its question), but they are after one permutation
+per packed example (`interval_layout`): its media tokens first, latest first, then its text in
+order. Then, for every kind:
+
+  media row i   allowed = media at or before i   (a suffix of the media block, from i's slot)
+                        + text up to e(i)         (a prefix of the text block)
+  text row i    allowed = media at or before i + text up to e(i)
+
+where e(i) is i, or the last key of i's group when that is later (the question of an image's
+turn under `mma`; the turn's prompt under `prefix`). Media block and text block are adjacent,
+so each row is one range. Queries and keys are gathered into that order, attended, and the
+outputs scattered back. Padding rows attend to themselves and are zeroed afterwards (an empty
+range would be 0 / 0 in the kernel).
+
+tokamax's backward bounds its loops causally only, and MMA is causal under no order: it visits
+every tile (the forward skips). Only self-attention over whole packed rows with one group
+channel (text + one other modality) is expressible; attention.py sends decode steps (a query
+chunk against a KV cache) to blockwise.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+
+from mma_jax.kernels.block_mask import TokenIds
+
+INSTALL_HINT = ("tokamax is not installed: `pip install 'mma-jax[tokamax]'` (Python >= 3.12, "
+                "jax >= 0.11), or choose another config.model.llm.attention.")
+
+
+def installed() -> bool:
+  return importlib.util.find_spec("tokamax") is not None
+
+
+def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
+  """The key order in which every query row's allowed keys are one range.
+
+  Args: ids of the same tokens on both sides (self-attention over packed rows, one group
+    channel); segments contiguous, as packing makes them.
+  Returns: (perm, k_start, k_end), each i32[B, L]: perm[b, p] = the token at slot p of the new
+    order; row p of the permuted mask allows exactly keys k_start[b, p] <= r < k_end[b, p].
+  """
+  if q_ids.group.shape[1] != 1:
+    raise NotImplementedError(
+        f"tokamax attention takes one group channel (text + one other modality); got "
+        f"{q_ids.group.shape[1]}. Use config.model.llm.attention='blockwise' or a Pallas kernel.")
+  seg, qgroup, kgroup = q_ids.segment, q_ids.group[:, 0], k_ids.group[:, 0]
+  b, length = seg.shape
+  pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+  media = (qgroup >= 0) & (kgroup < 0)  # mma's image tokens: they see, nobody opens to them
+
+  # Each token's run (its packed example, or a stretch of padding): first and last slot.
+  first = jnp.concatenate([jnp.ones((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+  last = jnp.concatenate([seg[:, 1:] != seg[:, :-1], jnp.ones((b, 1), bool)], axis=1)
+  start = jax.lax.cummax(jnp.where(first, pos, 0), axis=1)
+  end = jax.lax.cummin(jnp.where(last, pos, length - 1), axis=1, reverse=True)
+
+  # Media up to a slot, counted inside the run.
+  cm = jnp.cumsum(media, axis=1, dtype=jnp.int32)
+  at = lambda x, i: jnp.take_along_axis(x, i, axis=1)
+  before_run = at(cm, start) - at(media.astype(jnp.int32), start)
+  media_upto = lambda i: at(cm, i) - before_run
+  text_upto = lambda i: i - start + 1 - media_upto(i)
+  n_media = media_upto(end)
+
+  # e(i): the last key of i's group when later than i. Keys sorted by (group, slot): the last
+  # entry whose group is <= g holds group g's last slot, if g has keys at all.
+  sorted_group, sorted_pos = jax.lax.sort((kgroup, pos), dimension=1, num_keys=2)
+  found = jax.vmap(lambda s, g: jnp.searchsorted(s, g, side="right") - 1)(sorted_group, qgroup)
+  found = jnp.maximum(found, 0)
+  group_end = jnp.where((qgroup >= 0) & (at(sorted_group, found) == qgroup),
+                        at(sorted_pos, found), -1)
+  e = jnp.maximum(pos, group_end)
+
+  k_start = start + n_media - media_upto(pos)
+  k_end = start + n_media + text_upto(e)
+  within = jnp.where(media, length - 1 - pos, length + pos)  # media first, latest first
+  _, _, perm = jax.lax.sort((start, within, pos), dimension=1, num_keys=2)
+  # Slots of the new order: a padding row attends to itself (then zeroed by the caller).
+  slot = jnp.argsort(perm, axis=1).astype(jnp.int32)
+  padding = seg == 0
+  k_start = jnp.where(padding, slot, k_start)
+  k_end = jnp.where(padding, slot + 1, k_end)
+  return perm, at(k_start, perm), at(k_end, perm)
+
+
+def range_mask(k_start, k_end, length: int):
+  """bool[B, L, L] of per-row key ranges: what the kernel applies (for tests)."""
+  r = jnp.arange(length)
+  return (r >= k_start[..., None]) & (r < k_end[..., None])
+
+
+def _tokamax_kernel(q, k, v, k_start, k_end, scale: float):
+  """tokamax's Mosaic GPU flash attention with per-row key ranges."""
+  if not installed():
+    raise ImportError(INSTALL_HINT)
+  # pylint: disable-next=g-import-not-at-top (optional dependency, Python >= 3.12 only)
+  from tokamax._src.ops.attention import api, base
+  mask = base.Mask(k_start=k_start[:, None, :], k_end=k_end[:, None, :])
+  return api.IMPLEMENTATIONS["mosaic"](q, k, v, mask=mask, logits_scale=scale)
+
+
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None):
+  """Masked self-attention from the compact ids, on tokamax (or `kernel`, same signature).
+
+  Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens.
+  Returns: f[B, L, H, D]; padding rows are zero.
+  """
+  perm, k_start, k_end = interval_layout(q_ids, k_ids)
+  gather = lambda x: jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
+  out = (kernel or _tokamax_kernel)(gather(q), gather(k), gather(v), k_start, k_end,
+                                    q.shape[-1] ** -0.5)
+  out = jnp.take_along_axis(out, jnp.argsort(perm, axis=1)[:, :, None, None], axis=1)
+  return jnp.where((q_ids.segment != 0)[:, :, None, None], out, 0).astype(q.dtype)

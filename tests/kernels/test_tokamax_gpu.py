@@ -1,0 +1,87 @@
+"""tokamax's path: one key order in which every mask row is a key range, checked against the
+dense mask (any kind, packed, multi-image, multi-turn, either order), and the whole
+permute -> ranged attention -> unpermute path against dense attention with a reference kernel
+(tokamax itself needs a Hopper GPU and Python >= 3.12)."""
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mma_jax import attention, masks
+from mma_jax.kernels import block_mask, tokamax_gpu
+from tests.layouts import vectors
+from tests.test_masks import packed_rows
+
+
+def _ids(seg, mod, role, turn, kind):
+  args = [jnp.asarray(x)[None] if np.ndim(x) == 1 else jnp.asarray(x) for x in
+          (seg, mod, role, turn)]
+  return args, attention.token_ids(*args, kind)
+
+
+@hypothesis.settings(max_examples=80, deadline=None)
+@hypothesis.given(row=packed_rows(length=40), kind=st.sampled_from(masks.KINDS))
+def test_every_row_is_one_key_range_in_the_new_order(row, kind):
+  seg, mod, role, turn = row
+  mod = np.minimum(mod, 1)  # text + one other modality: one group channel
+  args, (q_ids, k_ids) = _ids(seg, mod, role, turn, kind)
+  perm, k_start, k_end = (np.asarray(x)[0] for x in tokamax_gpu.interval_layout(q_ids, k_ids))
+  assert sorted(perm.tolist()) == list(range(len(seg)))  # a permutation
+  dense = np.asarray(masks.dense_mask(*args, kind))[0][perm][:, perm]
+  ranges = np.asarray(tokamax_gpu.range_mask(k_start, k_end, len(seg)))
+  real = seg[perm] != 0
+  np.testing.assert_array_equal(ranges[real], dense[real])
+  # padding rows attend to themselves only (zeroed afterwards): never an empty range
+  np.testing.assert_array_equal(ranges[~real], np.eye(len(seg), dtype=bool)[~real])
+
+
+def _reference(q, k, v, k_start, k_end, scale):
+  del scale  # dot_product_attention scales by D ** -0.5 too
+  return attention.dot_product_attention(q, k, v,
+                                         tokamax_gpu.range_mask(k_start, k_end, q.shape[1]))
+
+
+@pytest.mark.parametrize("kind", masks.KINDS)
+def test_attention_and_gradients_equal_the_dense_path(kind):
+  # two packed examples (two images before the question; question before the image, two
+  # turns) and padding
+  layout = "PIIIIPPPAAA" + "PPIIPAAPIPA" + "..."
+  v = vectors(layout, seg="1" * 11 + "2" * 11 + "000", turn="0" * 11 + "0" * 7 + "1" * 4 + "000")
+  v = {n: jnp.repeat(x, 2, axis=0) for n, x in v.items()}
+  q_ids, k_ids = attention.token_ids(v["segment_ids"], v["modality"], v["role"], v["turn"], kind)
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, 25, 4, 8)), jnp.float32)
+  k, val = (jnp.asarray(rng.normal(size=(2, 25, 2, 8)), jnp.float32) for _ in range(2))
+
+  def loss(fn, q, k, val):
+    out = fn(q, k, val)
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+  ours = lambda q, k, val: tokamax_gpu.attention(q, k, val, q_ids, k_ids, kernel=_reference)
+  dense = lambda q, k, val: attention.attention(q, k, val, q_ids, k_ids, "xla")
+  (_, out), grads = jax.value_and_grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2),
+                                       has_aux=True)(q, k, val)
+  (_, want), want_grads = jax.value_and_grad(lambda *a: loss(dense, *a), argnums=(0, 1, 2),
+                                             has_aux=True)(q, k, val)
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  for g, w in zip(grads, want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_three_modalities_and_a_missing_tokamax_are_clear_errors():
+  v = vectors("PIPA")
+  ids = attention.token_ids(v["segment_ids"], v["modality"], v["role"], v["turn"], "mma")
+  q = jnp.zeros((1, 4, 2, 8))
+  if not tokamax_gpu.installed():
+    with pytest.raises(ImportError, match="mma-jax\\[tokamax\\]"):
+      tokamax_gpu.attention(q, q, q, *ids)
+    assert "not installed" in attention.unavailable("tokamax")
+  qg, kg = masks.group_ids(v["segment_ids"], v["modality"], v["role"], v["turn"], "mma",
+                           num_modalities=3)
+  index = jnp.arange(4)[None]
+  q_ids = block_mask.TokenIds(jnp.asarray(v["segment_ids"]), index, qg)
+  k_ids = block_mask.TokenIds(jnp.asarray(v["segment_ids"]), index, kg)
+  with pytest.raises(NotImplementedError, match="one group channel"):
+    tokamax_gpu.interval_layout(q_ids, k_ids)
