@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from mma_jax import masks
-from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu, tokamax_gpu
+from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu
+from mma_jax.kernels import tokamax_gpu
 from mma_jax.kernels.block_mask import TokenIds
 
 __all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS",

@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.98
   c.optim.clip_norm = 1.0
   c.optim.freeze = ("vision/.*",)   # regexes, full match on 'vision/layers/q/kernel'-style paths
+  # Per-group peak lr and weight decay: ((name, regex, lr, weight_decay), ...), first full match
+  # wins, e.g. (("vision", "vision/.*", 2e-6, 0.0),) with freeze=() tunes the vision tower slowly.
+  c.optim.groups = ()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1200       # per order; DOT runs twice as many

@@ -1,23 +1,21 @@
 """A run's log is for a person: its own lines stand out, libraries' INFO chatter stays hidden.
 
 Orbax (several INFO lines per checkpoint), TFDS, Grain and JAX log through Python logging at
-INFO; TensorFlow's C++ core and TFDS's dataset banner and progress bars write to the terminal
-directly. Below absl's --verbosity=1 (`-v 1`) only their WARNINGs and errors pass; INFO lines
+INFO; TensorFlow's C++ core (at import) and TFDS's dataset banner and progress bars write to the
+terminal directly. Below absl's --verbosity=1 (`-v 1`) only their WARNINGs and errors pass; INFO lines
 from mma_jax and from clu (the metric lines, and ReportProgress's steps/s and ETA) always do.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import io
 import logging
 import os
+import sys
 
 from absl import logging as absl_logging
-
-# TensorFlow (imported by TFDS) reads this once, at its import: the command lines import this
-# module first, so its C++ core's INFO lines (oneDNN notices) stay out of the log.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # INFO lines from these packages are the run's own.
 _OWN = tuple(os.path.dirname(importlib.util.find_spec(name).origin) + os.sep
@@ -38,6 +36,24 @@ class LibraryChatter(logging.Filter):
 
 
 CHATTER = LibraryChatter()
+
+
+def quiet_import(name: str):
+  """Import module `name` with the process's stderr (file descriptor 2) sent to /dev/null.
+
+  TensorFlow (which TFDS imports) logs notices from its C++ core at import (oneDNN, CPU
+  features), before anything could configure its logging, and TF_CPP_MIN_LOG_LEVEL no longer
+  stops them. The command lines import it this way first; an import error still raises.
+  """
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    return importlib.import_module(name)
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 def quiet_libraries() -> None:

@@ -5,7 +5,10 @@ Every process of a multi-host run executes this same command (see launch/ and th
 from absl import app, flags
 from ml_collections import config_flags
 
-from mma_jax import logs  # pylint: disable=g-bad-import-order (first: it quiets TensorFlow)
+from mma_jax import logs  # pylint: disable=g-bad-import-order
+
+logs.quiet_import("tensorflow")  # before TFDS imports it: its C++ import notices stay out
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from mma_jax import distributed
 from mma_jax.train.loop import train_and_evaluate
 

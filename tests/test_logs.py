@@ -3,6 +3,7 @@ import logging
 import os
 import sys
 
+import pytest
 from absl import logging as absl_logging
 
 from mma_jax import logs
@@ -34,7 +35,19 @@ def test_quiet_libraries_installs_the_filter_once():
   logs.quiet_libraries()
   handler = absl_logging.get_absl_handler()
   assert sum(f is logs.CHATTER for f in handler.filters) == 1
-  assert os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+def test_quiet_import_hides_native_stderr_but_not_errors(tmp_path, monkeypatch, capfd):
+  (tmp_path / "noisy_native.py").write_text(
+      "import os\nos.write(2, b'I0000 port.cc] oneDNN custom operations are on\\n')\n")
+  (tmp_path / "broken_native.py").write_text("raise ImportError('no such library')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert logs.quiet_import("noisy_native").__name__ == "noisy_native"
+  with pytest.raises(ImportError, match="no such library"):
+    logs.quiet_import("broken_native")
+  os.write(2, b"stderr is back\n")
+  err = capfd.readouterr().err
+  assert "oneDNN" not in err and "stderr is back" in err
 
 
 def test_quiet_stdout_drops_prints_unless_verbose(capsys):

@@ -9,6 +9,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mma_jax import logs
+
+logs.quiet_import("tensorflow")  # before TFDS imports it: its C++ import notices stay out
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from mma_jax.evaluate import runner, scoring
 
 

@@ -74,12 +74,14 @@ class StopRequest:
 
 
 class MetricsLog:
-  """Every config.train.log_every steps: loss, grad norm, learning rate, tokens/s, step time
-  and MFU, to the metric writer (TensorBoard + a log line) and to workdir/train_log.jsonl."""
+  """Every config.train.log_every steps: loss, grad norm, learning rate (per parameter group
+  when config.optim.groups has any), tokens/s, step time and MFU, to the metric writer
+  (TensorBoard + a log line) and to workdir/train_log.jsonl."""
 
-  def __init__(self, workdir: str, writer, lr_schedule, step_flops: float, peak: float):
+  def __init__(self, workdir: str, writer, schedules, step_flops: float, peak: float):
+    """schedules: parameter group -> lr schedule (optimizer.group_schedules)."""
     self.path = os.path.join(workdir, "train_log.jsonl")
-    self.writer, self.lr_schedule = writer, lr_schedule
+    self.writer, self.schedules = writer, schedules
     self.step_flops, self.peak = step_flops, peak
     self.restart()
 
@@ -95,7 +97,9 @@ class MetricsLog:
     """metrics: the last step's, on the host."""
     dt = time.time() - self.t0
     scalars = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-               "learning_rate": self.lr_schedule(step),
+               "learning_rate": self.schedules[optimizer.DEFAULT_GROUP](step),
+               **{f"learning_rate/{name}": lr(step) for name, lr in self.schedules.items()
+                  if name != optimizer.DEFAULT_GROUP},
                "tokens_per_s": float(np.sum(jax.device_get(self.token_counts))) / dt,
                "step_time": dt / self.steps}
     if self.peak:  # model FLOPs over what the devices could have done meanwhile
@@ -112,6 +116,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     config_lib.validate(config)
+    optimizer.groups(config.optim)  # a bad config.optim.groups fails before any work
     os.makedirs(workdir, exist_ok=True)
     self.config, self.workdir = config, workdir
     self.task = task_lib.Task(config, workdir)
@@ -218,7 +223,7 @@ class Trainer:
     """
     c = self.config
     abstract = build.param_shardings(self.model_cfg, self.mesh, self.rules)[0]
-    opt, lr_schedule = optimizer.make(c.optim, self.total_steps, abstract)
+    opt, _ = optimizer.make(c.optim, self.total_steps, abstract)
     trainable = optimizer.trainable_mask(abstract, c.optim.freeze)
     self.state, shardings, self.iterator = self._initial_state(opt)
     train_step = step_lib.jit_train_step(self.model, opt, c.mask, c.train.grad_accum, trainable,
@@ -231,7 +236,9 @@ class Trainer:
     peak = c.train.peak_flops or flops.peak_flops(jax.devices()[0].device_kind)
     logging.info("Trainable parameters: %d; model FLOPs per step: %.3g; peak per device: %s "
                  "FLOP/s.", n_train, step_flops, peak)
-    return train_step, MetricsLog(self.workdir, self.writer, lr_schedule, step_flops, peak)
+    log = MetricsLog(self.workdir, self.writer,
+                     optimizer.group_schedules(c.optim, self.total_steps), step_flops, peak)
+    return train_step, log
 
   def _next_phase(self, step: int) -> None:
     """DOT: at the end of the T&I phase the I&T phase starts with a fresh iterator."""

@@ -1,4 +1,15 @@
-"""AdamW with warmup + cosine, clipping, and freezing by regex on parameter paths."""
+"""AdamW with warmup + cosine, clipping, freezing, and per-group learning rates by regex.
+
+Parameters are named by their paths ('vision/layers/q/kernel'). config.optim.freeze regexes
+freeze (zero updates); config.optim.groups gives a group of parameters its own peak learning
+rate and weight decay, as LLaVA-NeXT's --mm_vision_tower_lr does:
+
+  groups = (("vision", "vision/.*", 2e-6, 0.0), ("connector", "connector/.*", 1e-3, 0.0))
+
+(name, regex, lr, weight_decay), first full match wins; the rest use optim.lr / weight_decay.
+Every group follows the same warmup + cosine shape. Gradients are clipped by their global norm
+over all trainable parameters, before the groups part ways.
+"""
 from __future__ import annotations
 
 import re
@@ -30,15 +41,67 @@ def schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float
       decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * min_lr_ratio)
 
 
+DEFAULT_GROUP = "default"
+
+
+def groups(optim_cfg) -> list[tuple[str, str, float, float]]:
+  """config.optim.groups checked: [(name, regex, lr, weight_decay)]; errors name the key."""
+  out = []
+  for i, g in enumerate(getattr(optim_cfg, "groups", ()) or ()):
+    where = f"config.optim.groups[{i}]={tuple(g) if isinstance(g, (list, tuple)) else g!r}"
+    if not isinstance(g, (list, tuple)) or len(g) != 4:
+      raise ValueError(f"{where}: give (name, regex, lr, weight_decay).")
+    name, regex, lr, wd = g
+    if not isinstance(name, str) or name in (DEFAULT_GROUP, "freeze") or name in (
+        n for n, *_ in out):
+      raise ValueError(f"{where}: the name must be a new string, not 'default' or 'freeze'.")
+    try:
+      re.compile(regex)
+    except (re.error, TypeError) as e:
+      raise ValueError(f"{where}: bad regex ({e}).") from None
+    if not float(lr) > 0 or float(wd) < 0:
+      raise ValueError(f"{where}: lr must be positive and weight_decay not negative.")
+    out.append((name, regex, float(lr), float(wd)))
+  return out
+
+
+def group_labels(params, optim_cfg):
+  """Pytree of group names (DEFAULT_GROUP where no regex of config.optim.groups matches)."""
+  patterns = [(name, re.compile(regex)) for name, regex, _, _ in groups(optim_cfg)]
+
+  def label(path, _):
+    p = param_path(path)
+    return next((name for name, pattern in patterns if pattern.fullmatch(p)), DEFAULT_GROUP)
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def group_schedules(optim_cfg, total_steps: int) -> dict[str, optax.Schedule]:
+  """Group name -> its learning-rate schedule (DEFAULT_GROUP: config.optim.lr)."""
+  make_one = lambda lr: schedule(lr, optim_cfg.warmup_steps, total_steps, optim_cfg.min_lr_ratio)
+  return {DEFAULT_GROUP: make_one(optim_cfg.lr),
+          **{name: make_one(lr) for name, _, lr, _ in groups(optim_cfg)}}
+
+
 def make(optim_cfg, total_steps: int, params):
   """optax transform from config.optim; frozen parameters get exactly zero updates.
 
-  Returns: (optimizer, lr schedule).
+  params: the parameter tree (arrays or ShapeDtypeStructs) whose paths the regexes match.
+  Returns: (optimizer, the default group's lr schedule; all: group_schedules).
   """
-  lr = schedule(optim_cfg.lr, optim_cfg.warmup_steps, total_steps, optim_cfg.min_lr_ratio)
-  adamw = optax.chain(
+  schedules = group_schedules(optim_cfg, total_steps)
+  adamw = lambda lr, wd: optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=wd)
+  decay = {DEFAULT_GROUP: optim_cfg.weight_decay, **{n: wd for n, _, _, wd in groups(optim_cfg)}}
+  if len(schedules) == 1:
+    update = adamw(schedules[DEFAULT_GROUP], optim_cfg.weight_decay)
+  else:  # labels from the (masked) tree the inner transform sees: trainable parameters only
+    update = optax.multi_transform(
+        {name: adamw(lr, decay[name]) for name, lr in schedules.items()},
+        lambda tree: group_labels(tree, optim_cfg))
+  train = optax.chain(
       optax.clip_by_global_norm(optim_cfg.clip_norm) if optim_cfg.clip_norm > 0 else optax.identity(),
-      optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay))
+      update)
   mask = trainable_mask(params, optim_cfg.freeze)
   labels = jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)
-  return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels), lr
+  return (optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels),
+          schedules[DEFAULT_GROUP])

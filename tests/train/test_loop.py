@@ -235,3 +235,16 @@ def test_pt_then_dot_sft_from_the_pt_checkpoint(data_dir, tmp_path):
   assert sorted(dot) == [1, 2, 3, 4]  # DOT: T&I steps, then as many I&T steps
   # Same first batch (T&I) as the scratch run; a different loss shows the PT weights were used.
   assert dot[1] != pytest.approx(read_log(str(tmp_path / "scratch"))[1], abs=1e-4)
+
+
+def test_per_group_learning_rates_are_logged(data_dir, tmp_path):
+  c = small_config(data_dir, steps=2)
+  c.optim.freeze = ()  # tune the vision tower too, slowly
+  c.optim.groups = (("vision", "vision/.*", 1e-4, 0.0),)
+  train_and_evaluate(c, str(tmp_path))
+  schedules = optimizer.group_schedules(c.optim, 2)
+  rows = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert r["learning_rate/vision"] == pytest.approx(float(schedules["vision"](r["step"])))
+    assert r["learning_rate"] == pytest.approx(float(schedules["default"](r["step"])))
