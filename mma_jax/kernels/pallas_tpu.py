@@ -7,15 +7,20 @@ costs no copy) and the kernel body runs only for them; each block's mask is comp
 from the segment / index / group ids. No L x L array exists, and the lists are built once per
 call from per-block id ranges (O(L + nq * nk)).
 
+Each kernel runs once per example (a loop over the batch), so SMEM holds one example's visit
+lists whatever the batch; q, k, v and dout are read in place, the batch index prefetched too.
+
 Layouts follow Splash: heads before the sequence ([B, H, L, D]); query-side ids replicated
 across 128 lanes ([L, 128]) and key-side ids across 8 sublanes ([8, L]) for the [bq, bk]
-logits; the dk/dv kernel works on transposed [bk, bq] logits, so there the roles swap.
-On a TPU tiles must be multiples of 128; interpret=True (CPU) takes any power of two.
+logits; the dk/dv kernel works on transposed [bk, bq] logits, so there the roles swap. The
+logsumexp is kept compact, f32[B, H, 1, L]. On a TPU tiles must be multiples of 128;
+interpret=True (CPU) takes any power of two.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,10 @@ from mma_jax.kernels.flash import BlockSizes
 LANES, SUBLANES = 128, 8
 NT = (((1,), (1,)), ((), ()))  # a @ b.T
 NN = (((1,), (0,)), ((), ()))  # a @ b
+MIB = 1 << 20
+# Scoped VMEM is never set below this (XLA's default is 16 or 32 MiB by chip), so a low
+# estimate cannot leave a kernel less than it had before.
+MIN_VMEM_LIMIT = 32 * MIB
 
 
 def default_blocks(head_dim: int) -> BlockSizes:
@@ -70,15 +79,37 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
   return out.transpose(0, 2, 1, 3)[:, :lq, :, :d]
 
 
-def _columns(ids: TokenIds):
-  """Each id field as [B, L, LANES]: one token per row (the sublane side of a tile)."""
-  return [jnp.broadcast_to(x[:, :, None], x.shape + (LANES,)) for x in block_mask.fields(ids)]
+def smem_lists(lists):
+  """Visit lists i32[B, n, 1 + m] -> ([B, n * (1 + m)], m) in the dtype the kernels prefetch.
+
+  int16 when every entry fits (m < 2**15), as Splash downcasts its SMEM data: half the bytes.
+  Flat (1-D), the form paged_attention prefetches its page table in.
+  """
+  b, n, row = lists.shape
+  dtype = jnp.int16 if row - 1 <= jnp.iinfo(jnp.int16).max else jnp.int32
+  return lists.reshape(b, n * row).astype(dtype), row - 1
 
 
-def _rows(ids: TokenIds):
-  """Each id field as [B, SUBLANES, L]: one token per lane."""
-  return [jnp.broadcast_to(x[:, None, :], (x.shape[0], SUBLANES, x.shape[1]))
-          for x in block_mask.fields(ids)]
+def _entry(lists_ref, width: int, row, col):
+  """Entry [row, col] of a flat visit list with rows of 1 + width, as i32."""
+  return lists_ref[row * (1 + width) + col].astype(jnp.int32)
+
+
+def _per_example(batch: int, one, per_example_args):
+  """Stack one(b, *args[b]) over the batch: a loop, not a batch grid axis, so that each
+  pallas_call scalar-prefetches one example's visit lists and SMEM (1 MiB on v4 and later,
+  16 KiB before) stays bounded at any per-device batch."""
+  return lax.map(lambda xs: one(*xs), (jnp.arange(batch, dtype=jnp.int32), *per_example_args))
+
+
+def _columns(fields):
+  """Each id field i32[L] as [L, LANES]: one token per row (the sublane side of a tile)."""
+  return [jnp.broadcast_to(x[:, None], x.shape + (LANES,)) for x in fields]
+
+
+def _rows(fields):
+  """Each id field i32[L] as [SUBLANES, L]: one token per lane."""
+  return [jnp.broadcast_to(x[None, :], (SUBLANES,) + x.shape) for x in fields]
 
 
 def _lanes(x, n: int):
@@ -114,10 +145,59 @@ def _dot(a, b, dims):
   return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _fwd_kernel(lists_ref, q_ref, k_ref, v_ref, *refs, st: _Static, width: int):
+def _block_bytes(shape, dtype) -> int:
+  """VMEM bytes of one block: the minor two dims padded to whole (8 * packing, 128) tiles."""
+  shape = [s for s in shape if isinstance(s, int)]
+  *major, rows, cols = [1] * (2 - len(shape)) + shape
+  itemsize = jnp.dtype(dtype).itemsize
+  return (math.prod(major) * block_mask.round_up(rows, SUBLANES * 4 // itemsize) *
+          block_mask.round_up(cols, LANES) * itemsize)
+
+
+def vmem_limit(blocks, scratch, logits: tuple[int, int], ids: int) -> int:
+  """Scoped VMEM limit (bytes) for one kernel, from its tiles.
+
+  blocks: (block shape, dtype) of every pipelined input and output (double-buffered); scratch:
+  (shape, dtype) of the scratch buffers; logits: the [rows, cols] logits tile, of which
+  6 + `ids` f32 temporaries are counted (logits, probabilities, their gradients, the mask, the
+  ids broadcast to the tile). With half again as headroom, at least MIN_VMEM_LIMIT, and at
+  most the chip's VMEM when tracing on a TPU (compiling for another chip cannot know it).
+  """
+  need = (2 * sum(_block_bytes(s, t) for s, t in blocks) +
+          sum(_block_bytes(s, t) for s, t in scratch) +
+          (6 + ids) * _block_bytes(logits, jnp.float32))
+  limit = max(MIN_VMEM_LIMIT, block_mask.round_up(need * 3 // 2, MIB))
+  if pltpu.is_tpu_device():
+    limit = min(limit, pltpu.get_tpu_info().vmem_capacity_bytes)
+  return limit
+
+
+def _call(st: _Static, name: str, kernel, grid, in_specs, out_specs, out_shape, scratch,
+          logits: tuple[int, int], *args):
+  """pallas_call of a kernel with two scalar-prefetched args (batch index i32[1], one
+  example's visit list) and a VMEM limit sized from its tiles."""
+  out_list = out_shape if isinstance(out_shape, list) else [out_shape]
+  spec_list = out_specs if isinstance(out_specs, list) else [out_specs]
+  blocks = ([(s.block_shape, x.dtype) for s, x in zip(in_specs, args[2:])] +
+            [(s.block_shape, o.dtype) for s, o in zip(spec_list, out_list)])
+  limit = vmem_limit(blocks, [(s.shape, s.dtype) for s in scratch], logits, 2 + st.groups)
+  return pl.pallas_call(
+      kernel,
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=2, grid=grid, in_specs=in_specs, out_specs=out_specs,
+          scratch_shapes=scratch),
+      out_shape=out_shape,
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary"), vmem_limit_bytes=limit),
+      interpret=st.interpret, name=name,
+  )(*args)
+
+
+def _fwd_kernel(batch_ref, lists_ref, q_ref, k_ref, v_ref, *refs, st: _Static, width: int):
+  del batch_ref
   n = 2 + st.groups
   q_id_refs, k_id_refs, (o_ref, lse_ref, m_ref, l_ref, acc_ref) = _split(refs, n, 5)
-  b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  i, j = pl.program_id(1), pl.program_id(2)
   bk, d = k_ref.shape[0], acc_ref.shape[-1]
 
   @pl.when(j == 0)
@@ -126,7 +206,7 @@ def _fwd_kernel(lists_ref, q_ref, k_ref, v_ref, *refs, st: _Static, width: int):
     l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-  @pl.when(j < lists_ref[b, i, 0])
+  @pl.when(j < _entry(lists_ref, width, i, 0))
   def _():
     mask = _mask(_col_ids(q_id_refs, bk), _row_ids(k_id_refs))
     s = _dot(q_ref[...], k_ref[...], NT) * st.scale
@@ -145,61 +225,60 @@ def _fwd_kernel(lists_ref, q_ref, k_ref, v_ref, *refs, st: _Static, width: int):
     empty = l == 0.0
     l = jnp.where(empty, 1.0, l)
     o_ref[...] = (acc_ref[...] * _lanes(1.0 / l, d)).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(empty, 0.0, m_ref[...] + jnp.log(l))
+    lse = jnp.where(empty, 0.0, m_ref[...] + jnp.log(l))  # [bq, LANES], lanes equal
+    lse_ref[...] = lse.T[:1, :]  # one row: the compact [1, bq] block
 
 
-def _query_major_specs(st: _Static, bq: int, bk: int, d: int, heads_per_kv: int):
-  """Specs of the forward and dq grids (b, head, query block, visit step): (q-shaped blocks,
-  live k/v blocks, [query-side id columns..., live key-side id rows...])."""
+def _query_major_specs(st: _Static, bq: int, bk: int, d: int, heads_per_kv: int, width: int):
+  """Specs of the forward and dq grids (head, query block, visit step): (q-shaped blocks of
+  the whole batch, live k/v blocks of it, [query-side id columns..., live key-side id rows...]
+  of one example, q-shaped blocks of one example, [1, bq] rows of one example)."""
   n = 2 + st.groups
-  live = lambda bb, i, j, ls: ls[bb, i, 1 + j]
-  ids = ([pl.BlockSpec((None, bq, LANES), lambda bb, hh, i, j, ls: (bb, i, 0))] * n +
-         [pl.BlockSpec((None, SUBLANES, bk),
-                       lambda bb, hh, i, j, ls: (bb, 0, live(bb, i, j, ls)))] * n)
-  return (pl.BlockSpec((None, None, bq, d), lambda bb, hh, i, j, ls: (bb, hh, i, 0)),
-          pl.BlockSpec((None, None, bk, d), lambda bb, hh, i, j, ls: (
-              bb, lax.div(hh, heads_per_kv), live(bb, i, j, ls), 0)),
-          ids)
+  live = lambda i, j, ls: _entry(ls, width, i, 1 + j)
+  ids = ([pl.BlockSpec((bq, LANES), lambda hh, i, j, bb, ls: (i, 0))] * n +
+         [pl.BlockSpec((SUBLANES, bk), lambda hh, i, j, bb, ls: (0, live(i, j, ls)))] * n)
+  return (pl.BlockSpec((None, None, bq, d), lambda hh, i, j, bb, ls: (bb[0], hh, i, 0)),
+          pl.BlockSpec((None, None, bk, d), lambda hh, i, j, bb, ls: (
+              bb[0], lax.div(hh, heads_per_kv), live(i, j, ls), 0)),
+          ids,
+          pl.BlockSpec((None, bq, d), lambda hh, i, j, bb, ls: (hh, i, 0)),
+          pl.BlockSpec((None, 1, bq), lambda hh, i, j, bb, ls: (hh, 0, i)))
 
 
 def _forward(st: _Static, q, k, v, q_ids, k_ids):
-  """q [B, H, Lq, D] -> out [B, H, Lq, D], lse f32[B, H, Lq]."""
+  """q [B, H, Lq, D], k, v [B, K, Lk, D] -> out [B, H, Lq, D], lse f32[B, H, 1, Lq]."""
   b, h, lq, d = q.shape
-  r = h // k.shape[1]
   bq, bk = st.blocks.block_q, st.blocks.block_k
-  lists = block_mask.plan(q_ids, k_ids, bq, bk).kv
-  width = lists.shape[-1] - 1
-  q_spec, kv_spec, ids_specs = _query_major_specs(st, bq, bk, d, r)
-  out, lse = pl.pallas_call(
-      functools.partial(_fwd_kernel, st=st, width=width),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=1, grid=(b, h, lq // bq, width),
-          in_specs=[q_spec, kv_spec, kv_spec, *ids_specs],
-          out_specs=[q_spec, pl.BlockSpec((None, None, bq, LANES), q_spec.index_map)],
-          scratch_shapes=[pltpu.VMEM((bq, LANES), jnp.float32),
-                          pltpu.VMEM((bq, LANES), jnp.float32),
-                          pltpu.VMEM((bq, d), jnp.float32)]),
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, h, lq, LANES), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=st.interpret, name="mma_splash_fwd",
-  )(lists, q, k, v, *_columns(q_ids), *_rows(k_ids))
-  return out, lse[..., 0]
+  lists, width = smem_lists(block_mask.plan(q_ids, k_ids, bq, bk).kv)
+  q_spec, kv_spec, ids_specs, out_spec, lse_spec = _query_major_specs(
+      st, bq, bk, d, h // k.shape[1], width)
+
+  def one(bb, ls, q_fields, k_fields):
+    return _call(
+        st, "mma_splash_fwd", functools.partial(_fwd_kernel, st=st, width=width),
+        (h, lq // bq, width), [q_spec, kv_spec, kv_spec, *ids_specs], [out_spec, lse_spec],
+        [jax.ShapeDtypeStruct((h, lq, d), q.dtype),
+         jax.ShapeDtypeStruct((h, 1, lq), jnp.float32)],
+        [pltpu.VMEM((bq, LANES), jnp.float32), pltpu.VMEM((bq, LANES), jnp.float32),
+         pltpu.VMEM((bq, d), jnp.float32)], (bq, bk),
+        bb[None], ls, q, k, v, *_columns(q_fields), *_rows(k_fields))
+
+  return _per_example(b, one, (lists, block_mask.fields(q_ids), block_mask.fields(k_ids)))
 
 
-def _dq_kernel(lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, st: _Static,
-               width: int):
+def _dq_kernel(batch_ref, lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
+               st: _Static, width: int):
+  del batch_ref
   n = 2 + st.groups
   q_id_refs, k_id_refs, (dq_ref, acc_ref) = _split(refs, n, 2)
-  b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  i, j = pl.program_id(1), pl.program_id(2)
   bk = k_ref.shape[0]
 
   @pl.when(j == 0)
   def _():
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-  @pl.when(j < lists_ref[b, i, 0])
+  @pl.when(j < _entry(lists_ref, width, i, 0))
   def _():
     k, v = k_ref[...], v_ref[...]
     mask = _mask(_col_ids(q_id_refs, bk), _row_ids(k_id_refs))
@@ -214,11 +293,12 @@ def _dq_kernel(lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs
     dq_ref[...] = acc_ref[...].astype(dq_ref.dtype)
 
 
-def _dkv_kernel(lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, st: _Static,
-                width: int, heads_per_kv: int):
+def _dkv_kernel(batch_ref, lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
+                st: _Static, width: int, heads_per_kv: int):
+  del batch_ref
   n = 2 + st.groups
   k_id_refs, q_id_refs, (dk_ref, dv_ref, dk_acc, dv_acc) = _split(refs, n, 4)
-  b, j, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  j, t = pl.program_id(1), pl.program_id(2)
   bq = q_ref.shape[0]
 
   @pl.when(t == 0)
@@ -226,7 +306,7 @@ def _dkv_kernel(lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *ref
     dk_acc[...] = jnp.zeros(dk_acc.shape, jnp.float32)
     dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
-  @pl.when(lax.rem(t, width) < lists_ref[b, j, 0])
+  @pl.when(lax.rem(t, width) < _entry(lists_ref, width, j, 0))
   def _():  # transposed: logits [bk, bq]
     q, do, k, v = q_ref[...], do_ref[...], k_ref[...], v_ref[...]
     mask = _mask(_row_ids(q_id_refs), _col_ids(k_id_refs, bq))
@@ -249,52 +329,51 @@ def _backward(st: _Static, res, dout):
   r = h // kv_heads
   bq, bk = st.blocks.block_q_bwd, st.blocks.block_k_bwd
   plan = block_mask.plan(q_ids, k_ids, bq, bk)
-  delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)  # [B, H, Lq]
+  delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)[:, :, None]
+  q_fields, k_fields = block_mask.fields(q_ids), block_mask.fields(k_ids)
   n = 2 + st.groups
-  params = lambda: pltpu.CompilerParams(
-      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
 
-  width = plan.kv.shape[-1] - 1
-  q_spec, kv_spec, ids_specs = _query_major_specs(st, bq, bk, d, r)
-  row = pl.BlockSpec((None, None, 1, bq), lambda bb, hh, i, j, ls: (bb, hh, 0, i))
-  dq = pl.pallas_call(
-      functools.partial(_dq_kernel, st=st, width=width),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=1, grid=(b, h, lq // bq, width),
-          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row, row, *ids_specs],
-          out_specs=q_spec,
-          scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=params(), interpret=st.interpret, name="mma_splash_dq",
-  )(plan.kv, q, k, v, dout, lse[:, :, None], delta[:, :, None], *_columns(q_ids),
-    *_rows(k_ids))
+  lists, width = smem_lists(plan.kv)
+  q_spec, kv_spec, ids_specs, out_spec, row = _query_major_specs(st, bq, bk, d, r, width)
 
-  # dk/dv: grid axis 3 walks (query head of this kv head, live query block).
-  width = plan.q.shape[-1] - 1
+  def dq_one(bb, ls, lse, delta, q_fields, k_fields):  # lse, delta f32[H, 1, Lq]
+    return _call(
+        st, "mma_splash_dq", functools.partial(_dq_kernel, st=st, width=width),
+        (h, lq // bq, width), [q_spec, kv_spec, kv_spec, q_spec, row, row, *ids_specs],
+        out_spec, jax.ShapeDtypeStruct((h, lq, d), q.dtype),
+        [pltpu.VMEM((bq, d), jnp.float32)], (bq, bk),
+        bb[None], ls, q, k, v, dout, lse, delta, *_columns(q_fields), *_rows(k_fields))
+
+  dq = _per_example(b, dq_one, (lists, lse, delta, q_fields, k_fields))
+
+  # dk/dv: grid axis 2 walks (query head of this kv head, live query block).
+  lists, width = smem_lists(plan.q)
   head = lambda kh, t: kh * r + lax.div(t, width)
-  q_at = lambda bb, j, t, ls: ls[bb, j, 1 + lax.rem(t, width)]  # live query block
-  q_block = lambda bb, kh, j, t, ls: (bb, head(kh, t), q_at(bb, j, t, ls), 0)
-  kv_block = lambda bb, kh, j, t, ls: (bb, kh, j, 0)
-  row = pl.BlockSpec((None, None, SUBLANES, bq),
-                     lambda bb, kh, j, t, ls: (bb, head(kh, t), 0, q_at(bb, j, t, ls)))
-  sublane_rows = lambda x: jnp.broadcast_to(x[:, :, None], (b, h, SUBLANES, lq))
-  dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, st=st, width=width, heads_per_kv=r),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=1, grid=(b, kv_heads, lk // bk, r * width),
-          in_specs=[pl.BlockSpec((None, None, bq, d), q_block),
-                    pl.BlockSpec((None, None, bk, d), kv_block),
-                    pl.BlockSpec((None, None, bk, d), kv_block),
-                    pl.BlockSpec((None, None, bq, d), q_block), row, row,
-                    *[pl.BlockSpec((None, bk, LANES), lambda bb, kh, j, t, ls: (bb, j, 0))] * n,
-                    *[pl.BlockSpec((None, SUBLANES, bq),
-                                   lambda bb, kh, j, t, ls: (bb, 0, q_at(bb, j, t, ls)))] * n],
-          out_specs=[pl.BlockSpec((None, None, bk, d), kv_block)] * 2,
-          scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32)] * 2),
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=params(), interpret=st.interpret, name="mma_splash_dkv",
-  )(plan.q, q, k, v, dout, sublane_rows(lse), sublane_rows(delta), *_columns(k_ids),
-    *_rows(q_ids))
+  q_at = lambda j, t, ls: _entry(ls, width, j, 1 + lax.rem(t, width))  # live query block
+  q_block = pl.BlockSpec((None, None, bq, d),
+                         lambda kh, j, t, bb, ls: (bb[0], head(kh, t), q_at(j, t, ls), 0))
+  kv_block = pl.BlockSpec((None, None, bk, d), lambda kh, j, t, bb, ls: (bb[0], kh, j, 0))
+  row = pl.BlockSpec((None, SUBLANES, bq),
+                     lambda kh, j, t, bb, ls: (head(kh, t), 0, q_at(j, t, ls)))
+  out_block = pl.BlockSpec((None, bk, d), lambda kh, j, t, bb, ls: (kh, j, 0))
+  sublane_rows = lambda x: jnp.broadcast_to(x, (h, SUBLANES, lq))  # [H, 1, Lq], one example
+
+  def dkv_one(bb, ls, lse, delta, q_fields, k_fields):
+    return _call(
+        st, "mma_splash_dkv",
+        functools.partial(_dkv_kernel, st=st, width=width, heads_per_kv=r),
+        (kv_heads, lk // bk, r * width),
+        [q_block, kv_block, kv_block, q_block, row, row,
+         *[pl.BlockSpec((bk, LANES), lambda kh, j, t, bb, ls: (j, 0))] * n,
+         *[pl.BlockSpec((SUBLANES, bq), lambda kh, j, t, bb, ls: (0, q_at(j, t, ls)))] * n],
+        [out_block] * 2,
+        [jax.ShapeDtypeStruct((kv_heads, lk, d), k.dtype),
+         jax.ShapeDtypeStruct((kv_heads, lk, d), v.dtype)],
+        [pltpu.VMEM((bk, d), jnp.float32)] * 2, (bk, bq),
+        bb[None], ls, q, k, v, dout, sublane_rows(lse), sublane_rows(delta),
+        *_columns(k_fields), *_rows(q_fields))
+
+  dk, dv = _per_example(b, dkv_one, (lists, lse, delta, q_fields, k_fields))
   return dq, dk, dv, None, None
 
 
