@@ -36,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_images = 4      # image slots per training row
   c.data.packing = True      # False: one example per row, padded
   c.data.skip_bad_records = False
+  c.data.pt_prompt = ""      # PT: an instruction after the images (prompt text, so under mask
+                             # 'mma' the images see it), e.g. "what is there ?"; '' = none
   c.data.shuffle_seed = 0
   c.data.prefetch = 2        # batches prefetched by a background thread; 0 = none
 

@@ -9,6 +9,11 @@ kind-specific "group match" opens an extra rectangle:
   mma:    i is a media token, j is prompt text (any other modality) of the same turn. For one
           image followed by a question this is the paper's M': image rows also see the question.
   prefix: i and j are both prompt tokens of the same turn (PaliGemma prefix-LM).
+  mma_conversation: as mma, but j may be prompt text of any turn of the example: an image
+          also sees the questions of later turns. Decoding cannot do this with a KV cache (the
+          image's keys are computed before a later question exists), so a model trained so
+          learns from context it never has at inference: an upper bound for studying how MMA
+          groups tokens across turns, reported as such. In one-turn examples it equals mma.
 
 Two forms of the same mask:
   dense_mask(...) -> bool[B, L, L]                the reference, straight from the definition.
@@ -47,6 +52,9 @@ def dense_mask(segment_ids, modality, role, turn, kind: str):
     extra = jnp.zeros_like(same_example)
   elif kind == "mma":  # media rows see the other-modality prompt of their turn
     extra = same_turn_prompt & (q(modality) != TEXT) & (k(modality) != q(modality))
+  elif kind == "mma_conversation":  # ... of every turn
+    extra = ((q(role) == PROMPT) & (k(role) == PROMPT) & (q(modality) != TEXT)
+             & (k(modality) != q(modality)))
   else:  # prefix: the whole prompt of a turn is bidirectional
     extra = same_turn_prompt
   return same_example & (causal | extra)
@@ -55,7 +63,7 @@ def dense_mask(segment_ids, modality, role, turn, kind: str):
 def num_groups(kind: str, num_modalities: int = 2) -> int:
   """G, the number of group channels group_ids returns for this kind."""
   _check_kind(kind)
-  return num_modalities - 1 if kind == "mma" else 1
+  return num_modalities - 1 if kind in ("mma", "mma_conversation") else 1
 
 
 def group_ids(segment_ids, modality, role, turn, kind: str, num_modalities: int = 2):
@@ -63,7 +71,7 @@ def group_ids(segment_ids, modality, role, turn, kind: str, num_modalities: int 
 
   One group channel per non-text modality m (mma), or one channel (causal, prefix).
   Channel m: queries of modality m, keys of any other modality, both prompt tokens; the id is
-  unique per (segment, turn), -1 where the token takes no part.
+  unique per (segment, turn) (mma_conversation: per segment), -1 where the token takes no part.
 
   Args: the four vectors i32[B, L]; kind; num_modalities counts text as well (2 = text+image).
   Returns: (qgroup, kgroup), each i32[B, G, L].
@@ -77,6 +85,8 @@ def group_ids(segment_ids, modality, role, turn, kind: str, num_modalities: int 
   elif kind == "prefix":
     qs = ks = [jnp.where(prompt, span, -1)]
   else:
+    if kind == "mma_conversation":  # one group per example: every turn's prompt
+      span = segment_ids * TURN_STRIDE
     mods = range(1, num_modalities)
     qs = [jnp.where(prompt & (modality == m), span, -1) for m in mods]
     ks = [jnp.where(prompt & (modality != m), span, -1) for m in mods]

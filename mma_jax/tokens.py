@@ -23,7 +23,11 @@ PAD, PROMPT, RESPONSE = 0, 1, 2
 TEXT, IMAGE = 0, 1
 
 # Mask kinds (mma_jax.masks), sequence orders and training stages: the config's vocabulary.
-KINDS = ("causal", "mma", "prefix")
+KINDS = ("causal", "mma", "prefix", "mma_conversation")
+# Kinds whose prompt rows see nothing a KV cache would not hold when they are computed, so
+# decoding turn by turn gives what training saw. mma_conversation (images also see later
+# turns' questions) is a study variant, an upper bound: see mma_jax/masks.py.
+CACHE_CONSISTENT_KINDS = ("causal", "mma", "prefix")
 ORDERS = ("I&T", "T&I", "DOT")
 STAGES = ("pt", "sft")
 

@@ -24,10 +24,13 @@ ONE_IMAGE = ("PIIPPPAA", dict(), {
 TWO_IMAGES = ("PIIIIPPA", dict(), {
     "mma": """1....... 11...11. 111..11. 1111.11. 1111111. 111111.. 1111111. 11111111""",
 })
-# Two turns: the image sees its own turn's prompt only, never the later question.
+# Two turns: the image sees its own turn's prompt only, never the later question; under
+# mma_conversation it also sees the later question (not the answer between them).
 TWO_TURNS = ("PIPPAAPPA", dict(turn="000000111"), {
     "mma": """1........ 1111..... 111...... 1111..... 11111.... 111111... 1111111.. 11111111.
               111111111""",
+    "mma_conversation": """1........ 1111..11. 111...... 1111..... 11111.... 111111... 1111111..
+                           11111111. 111111111""",
     "prefix": """1111..... 1111..... 1111..... 1111..... 11111.... 111111... 11111111.
                  11111111. 111111111""",
 })
@@ -67,6 +70,8 @@ def brute_force(seg, mod, role, turn, kind):
       elif kind == "mma":
         out[i, j] = j <= i or (mod[i] != 0 and role[i] == role[j] == 1 and mod[j] != mod[i]
                                and turn[i] == turn[j])
+      elif kind == "mma_conversation":
+        out[i, j] = j <= i or (mod[i] != 0 and role[i] == role[j] == 1 and mod[j] != mod[i])
       else:
         out[i, j] = j <= i or (role[i] == role[j] == 1 and turn[i] == turn[j])
   return out

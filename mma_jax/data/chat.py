@@ -6,7 +6,8 @@ each token takes the piece its last character falls in. So the ids are the famil
 own, the loss mask comes from the pieces, and nothing is ever re-tokenized. Per turn t:
   prompt:    [bos + system block if t == 0] user_start {images + text} user_end assistant_start
   response:  {answer} assistant_end [conversation_end after the last answer]   (role 2: loss)
-  PT:        bos {images} {caption} pt_end                 (caption + pt_end are the response)
+  PT:        bos {images} [pt_prompt] {caption} pt_end     (caption + pt_end are the response;
+             the optional instruction is prompt text, so under `mma` the images see it)
 Each image is one placeholder token in the text, expanded to tokens_per_image slots. Order
 'I&T' puts a turn's images before its text, 'T&I' after it.
 """
@@ -95,7 +96,8 @@ class _Pieces:
 
 
 def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
-           stage: str = "sft", drop_last_answer: bool = False, image_size: int = 32):
+           stage: str = "sft", drop_last_answer: bool = False, image_size: int = 32,
+           pt_prompt: str = ""):
   """One record -> dict of tokens, modality, role, turn, positions i32[n] and images uint8[k,...].
 
   The chat template is the tokenizer's (tok.template). drop_last_answer: stop after the last
@@ -108,6 +110,8 @@ def encode(record, tok: Tokenizer, tokens_per_image: int, order: str = "I&T",
     p.add(tpl.bos, PROMPT, 0)
     for _ in images:
       p.add(tpl.image, PROMPT, 0, modality=IMAGE)
+    if pt_prompt:  # after the images, separated from the caption as words are
+      p.add(" " + pt_prompt.strip() + " ", PROMPT, 0)
     p.add(record["caption"] + tpl.pt_end, RESPONSE, 0)
     return p.encode(tok, tokens_per_image, images, image_size, record.get("id"))
   pairs = turns(record)

@@ -73,7 +73,8 @@ class Task:
     """A training record -> example dict; imported records get their images decoded first."""
     encode = functools.partial(chat.encode, tok=self.tokenizer,
                                tokens_per_image=tokens_per_image, order=order,
-                               stage=self.config.stage, image_size=self.image_size)
+                               stage=self.config.stage, image_size=self.image_size,
+                               pt_prompt=self.config.data.pt_prompt)
     if self.builder is not None:
       return encode
     return functools.partial(_decoded_then, encode, self.image_size, self.config.stage)

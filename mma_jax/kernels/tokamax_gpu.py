@@ -20,7 +20,9 @@ range would be 0 / 0 in the kernel).
 tokamax's backward bounds its loops causally only, and MMA is causal under no order: it visits
 every tile (the forward skips). Only self-attention over whole packed rows with one group
 channel (text + one other modality) is expressible; attention.py sends decode steps (a query
-chunk against a KV cache) to blockwise.
+chunk against a KV cache) to blockwise. Whether the ranges are exactly the mask is checked per
+call by counting each row's allowed keys: where not (mma_conversation across turns), the
+fallback runs instead (lax.cond: only one branch executes).
 """
 from __future__ import annotations
 
@@ -44,8 +46,11 @@ def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
 
   Args: ids of the same tokens on both sides (self-attention over packed rows, one group
     channel); segments contiguous, as packing makes them.
-  Returns: (perm, k_start, k_end), each i32[B, L]: perm[b, p] = the token at slot p of the new
-    order; row p of the permuted mask allows exactly keys k_start[b, p] <= r < k_end[b, p].
+  Returns: (perm, k_start, k_end, exact): perm, k_start, k_end i32[B, L], perm[b, p] = the
+    token at slot p of the new order; when exact (bool[]), row p of the permuted mask allows
+    exactly the keys k_start[b, p] <= r < k_end[b, p]. Not exact: a layout or kind whose rows
+    are not ranges in this order (mma_conversation across turns: the answers between the
+    questions are not open to the image), found by counting each row's allowed keys.
   """
   if q_ids.group.shape[1] != 1:
     raise NotImplementedError(
@@ -75,9 +80,21 @@ def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
   sorted_group, sorted_pos = jax.lax.sort((kgroup, pos), dimension=1, num_keys=2)
   found = jax.vmap(lambda s, g: jnp.searchsorted(s, g, side="right") - 1)(sorted_group, qgroup)
   found = jnp.maximum(found, 0)
-  group_end = jnp.where((qgroup >= 0) & (at(sorted_group, found) == qgroup),
-                        at(sorted_pos, found), -1)
+  in_group = (qgroup >= 0) & (at(sorted_group, found) == qgroup)
+  group_end = jnp.where(in_group, at(sorted_pos, found), -1)
   e = jnp.maximum(pos, group_end)
+
+  # Allowed keys per row: the run up to i, plus its group's keys after i (group ids never
+  # cross examples). Sorted by (group rank, slot), the keys of group g after i are those
+  # between (g, i) and g's last entry.
+  rank = jnp.cumsum(jnp.concatenate(
+      [jnp.zeros((b, 1), jnp.int32), (sorted_group[:, 1:] != sorted_group[:, :-1]).astype(
+          jnp.int32)], axis=1), axis=1)
+  sorted_key = rank * (length + 1) + sorted_pos  # < (L + 1) ** 2: int32 up to L = 46340
+  query_key = at(rank, found) * (length + 1) + pos
+  up_to_i = jax.vmap(lambda s, q: jnp.searchsorted(s, q, side="right"))(sorted_key, query_key)
+  after = jnp.where(in_group, found + 1 - up_to_i, 0)
+  allowed = pos - start + 1 + after
 
   k_start = start + n_media - media_upto(pos)
   k_end = start + n_media + text_upto(e)
@@ -86,9 +103,10 @@ def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
   # Slots of the new order: a padding row attends to itself (then zeroed by the caller).
   slot = jnp.argsort(perm, axis=1).astype(jnp.int32)
   padding = seg == 0
+  exact = jnp.all(padding | (k_end - k_start == allowed))
   k_start = jnp.where(padding, slot, k_start)
   k_end = jnp.where(padding, slot + 1, k_end)
-  return perm, at(k_start, perm), at(k_end, perm)
+  return perm, at(k_start, perm), at(k_end, perm), exact
 
 
 def range_mask(k_start, k_end, length: int):
@@ -107,15 +125,24 @@ def _tokamax_kernel(q, k, v, k_start, k_end, scale: float):
   return api.IMPLEMENTATIONS["mosaic"](q, k, v, mask=mask, logits_scale=scale)
 
 
-def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None):
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None, fallback=None):
   """Masked self-attention from the compact ids, on tokamax (or `kernel`, same signature).
 
-  Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens.
+  Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens; fallback(q, k, v,
+    q_ids, k_ids): what runs instead when the mask is not ranges in the new order (only that
+    branch runs, lax.cond); None = none needed (the caller knows the layout is exact).
   Returns: f[B, L, H, D]; padding rows are zero.
   """
-  perm, k_start, k_end = interval_layout(q_ids, k_ids)
-  gather = lambda x: jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
-  out = (kernel or _tokamax_kernel)(gather(q), gather(k), gather(v), k_start, k_end,
-                                    q.shape[-1] ** -0.5)
-  out = jnp.take_along_axis(out, jnp.argsort(perm, axis=1)[:, :, None, None], axis=1)
-  return jnp.where((q_ids.segment != 0)[:, :, None, None], out, 0).astype(q.dtype)
+  perm, k_start, k_end, exact = interval_layout(q_ids, k_ids)
+
+  def ranged(q, k, v):
+    gather = lambda x: jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
+    out = (kernel or _tokamax_kernel)(gather(q), gather(k), gather(v), k_start, k_end,
+                                      q.shape[-1] ** -0.5)
+    out = jnp.take_along_axis(out, jnp.argsort(perm, axis=1)[:, :, None, None], axis=1)
+    return jnp.where((q_ids.segment != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+  if fallback is None:
+    return ranged(q, k, v)
+  return jax.lax.cond(exact, ranged,
+                      lambda q, k, v: fallback(q, k, v, q_ids, k_ids).astype(q.dtype), q, k, v)

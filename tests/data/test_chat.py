@@ -1,7 +1,9 @@
 """Records -> tokens: spans, roles, turns, orders and bad records."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mma_jax import masks
 from mma_jax.data import chat, vocab
 from mma_jax.data.shapes import generate
 
@@ -44,6 +46,25 @@ def test_pt_layout():
   ex = chat.encode(r, TOK, tokens_per_image=2, stage="pt")
   assert _text(ex["tokens"][:3]) == "<s> <image> <image>"
   assert _text(ex["tokens"][ex["role"] == 2]) == r["caption"] + " <|endofchunk|>"
+
+
+def test_pt_prompt_is_prompt_text_the_images_see_under_mma():
+  r = generate.make_example(0, "train", 1)
+  ex = chat.encode(r, TOK, tokens_per_image=2, stage="pt", pt_prompt="what is there ?")
+  assert _text(ex["tokens"][:7]) == "<s> <image> <image> what is there ?"
+  assert (ex["role"][:7] == 1).all()
+  assert _text(ex["tokens"][ex["role"] == 2]) == r["caption"] + " <|endofchunk|>"
+  ids = [jnp.asarray(ex[k])[None] for k in ("modality", "role", "turn")]
+  seg = jnp.ones_like(ids[0])
+  mma = np.asarray(masks.dense_mask(seg, *ids, "mma"))[0]
+  causal = np.asarray(masks.dense_mask(seg, *ids, "causal"))[0]
+  assert mma[1, 3:7].all() and not causal[1, 3:7].any()  # image rows read the instruction
+  assert not mma[1, 7:].any()  # and never the caption (the response)
+  no_prompt = chat.encode(r, TOK, tokens_per_image=2, stage="pt")
+  ids = [jnp.asarray(no_prompt[k])[None] for k in ("modality", "role", "turn")]
+  seg = jnp.ones_like(ids[0])
+  np.testing.assert_array_equal(masks.dense_mask(seg, *ids, "mma"),
+                                masks.dense_mask(seg, *ids, "causal"))  # PT as in the paper
 
 
 @pytest.mark.parametrize("mutate,match", [
