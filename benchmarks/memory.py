@@ -3,6 +3,7 @@
   python benchmarks/memory.py --devices=16 --hbm_gib=16 --mesh=1,16,1 --mesh=2,8,1
   python benchmarks/memory.py --preset=aki-4b --mesh=1,8,2 --batch=64 --length=4096
   python benchmarks/memory.py --preset=llama3.2-1b --mesh=1,16,1 --xla   # + XLA's view (slow)
+  python benchmarks/memory.py --devices=1 --hbm_gib=80 --batch=8 --lora_rank=16  # LoRA vs full
 
 Shapes come from jax.eval_shape and shardings from the logical rules on a device-free
 AbstractMesh (mma_jax.train.memory): parameters and optimizer state exactly, activations as an
@@ -39,6 +40,8 @@ def parse(argv):
   p.add_argument("--freeze", default="vision/.*", help="comma-separated regexes; '' = none")
   p.add_argument("--remat", default="", help="override the presets' remat policy (LLM + ViT)")
   p.add_argument("--xla", action="store_true", help="also compile for fake CPU devices")
+  p.add_argument("--lora_rank", type=int, default=0, help="also a row per preset with LoRA "
+                 "adapters of this rank on the LLM's q k v o gate up down, base in bfloat16")
   return p.parse_args(argv)
 
 
@@ -50,8 +53,8 @@ def main(argv=None):
                              f" --xla_force_host_platform_device_count={args.devices}")
   from mma_jax import config as config_lib
   from mma_jax import sharding
-  from mma_jax.models import build, configs, flops, presets
-  from mma_jax.train import memory
+  import dataclasses
+  from mma_jax.models import configs, presets
 
   optim_cfg = config_lib.base_config().optim
   optim_cfg.freeze = tuple(r for r in args.freeze.split(",") if r)
@@ -61,7 +64,7 @@ def main(argv=None):
         f"tokens, {args.images} image(s)/row, grad_accum {args.grad_accum}, frozen "
         f"{optim_cfg.freeze or 'nothing'}; GiB per device (params f32 + AdamW f32 + grads f32 "
         "+ activations estimate)")
-  head = (f"{'preset':<20} {'mesh d,f,t':<11} {'params':>7} {'optim':>7} {'grads':>7} "
+  head = (f"{'preset':<30} {'mesh d,f,t':<11} {'params':>7} {'optim':>7} {'grads':>7} "
           f"{'activ':>7} {'total':>7} {'fits':>5} {'PFLOP/step':>10} {'s@peak':>7}")
   if args.xla:
     head += f" {'xla args':>8} {'xla temp':>8}"
@@ -70,26 +73,44 @@ def main(argv=None):
     model = presets.model(name)
     if args.remat:
       model.llm.remat = model.vision.remat = args.remat
-    cfg = configs.vlm_config_from_dict(model.to_dict())
-    trainable = memory.trainable_components(sharding.unbox(build.abstract_params(cfg)),
-                                            optim_cfg.freeze)
-    step_flops = flops.train_step(cfg, args.batch, args.length, args.images, trainable)
-    for shape in meshes:
-      mesh = sharding.abstract_mesh(shape, args.devices)
-      u = memory.estimate(cfg, mesh, rules, optim_cfg, args.batch, args.length, args.images,
-                          args.grad_accum, args.backend)
-      r = u.row()
-      fits = "yes" if u.total <= args.hbm_gib * memory.GiB else "NO"
-      line = (f"{name:<20} {','.join(map(str, mesh.axis_sizes)):<11} {r['params']:7.2f} "
-              f"{r['optimizer']:7.2f} {r['gradients']:7.2f} {r['activations']:7.2f} "
-              f"{r['total']:7.2f} {fits:>5} {step_flops / 1e15:10.3f} "
-              f"{step_flops / (args.devices * args.peak_tflops * 1e12):7.2f}")
-      if args.xla:  # the same step compiled for fake CPU devices of this mesh
-        stats = memory.compiled(cfg, sharding.make_mesh(shape), rules, optim_cfg, args.batch,
-                                args.length, args.images, args.grad_accum)
-        line += (f" {stats.argument_size_in_bytes / memory.GiB:8.2f}"
-                 f" {stats.temp_size_in_bytes / memory.GiB:8.2f}")
-      print(line, flush=True)
+    full = configs.vlm_config_from_dict(model.to_dict())
+    runs = [(name, full, optim_cfg)]
+    if args.lora_rank:  # adapters train, the frozen base is kept in bfloat16
+      targets = tuple(config_lib.base_config().lora.llm_targets)
+      lora = configs.LoRAConfig(args.lora_rank, 16.0, targets)
+      optim_lora = config_lib.base_config().optim
+      optim_lora.frozen_dtype = "bfloat16"
+      runs.append((f"{name} lora r={args.lora_rank}",
+                   dataclasses.replace(full, llm=dataclasses.replace(full.llm, lora=lora)),
+                   optim_lora))
+    for label, cfg, optim in runs:
+      _rows(args, label, cfg, optim, meshes, rules)
+
+
+def _rows(args, name, cfg, optim_cfg, meshes, rules):
+  """One line per mesh: GiB per device of each item, FLOPs, XLA's view with --xla."""
+  from mma_jax import sharding
+  from mma_jax.models import build, flops
+  from mma_jax.train import memory
+  trainable = memory.trainable_components(sharding.unbox(build.abstract_params(cfg)),
+                                          optim_cfg.freeze)
+  step_flops = flops.train_step(cfg, args.batch, args.length, args.images, trainable)
+  for shape in meshes:
+    mesh = sharding.abstract_mesh(shape, args.devices)
+    u = memory.estimate(cfg, mesh, rules, optim_cfg, args.batch, args.length, args.images,
+                        args.grad_accum, args.backend)
+    r = u.row()
+    fits = "yes" if u.total <= args.hbm_gib * memory.GiB else "NO"
+    line = (f"{name:<30} {','.join(map(str, mesh.axis_sizes)):<11} {r['params']:7.2f} "
+            f"{r['optimizer']:7.2f} {r['gradients']:7.2f} {r['activations']:7.2f} "
+            f"{r['total']:7.2f} {fits:>5} {step_flops / 1e15:10.3f} "
+            f"{step_flops / (args.devices * args.peak_tflops * 1e12):7.2f}")
+    if args.xla:  # the same step compiled for fake CPU devices of this mesh
+      stats = memory.compiled(cfg, sharding.make_mesh(shape), rules, optim_cfg, args.batch,
+                              args.length, args.images, args.grad_accum)
+      line += (f" {stats.argument_size_in_bytes / memory.GiB:8.2f}"
+               f" {stats.temp_size_in_bytes / memory.GiB:8.2f}")
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

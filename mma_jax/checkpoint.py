@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -92,3 +93,18 @@ def load_params(path: str, template):
       return ckptr.restore(os.path.join(path, "params"), _abstract(template)), None
   raise FileNotFoundError(f"No checkpoint found under {path} (config.init_from): expected a "
                           "workdir with checkpoints/<step>/params or a step directory.")
+
+
+def load_saved_params(path: str):
+  """(parameters as saved, as numpy arrays; step) of the latest checkpoint in a workdir: no
+  template needed (e.g. a LoRA run's adapters, for export)."""
+  candidate = os.path.join(os.path.abspath(path), "checkpoints")
+  if not os.path.isdir(candidate) or not any(d.isdigit() for d in os.listdir(candidate)):
+    raise FileNotFoundError(f"No checkpoint found under {candidate}: expected a training "
+                            "workdir with checkpoints/<step>/params.")
+  manager = ocp.CheckpointManager(candidate, item_names=ITEMS,
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(candidate, str(step), "params"))
+  return jax.tree_util.tree_map(np.asarray, params), step

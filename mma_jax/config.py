@@ -41,6 +41,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0
   c.data.prefetch = 2        # batches prefetched by a background thread; 0 = none
 
+  # LoRA: low-rank adapters on the kernels whose module paths end with a full match of a target
+  # regex; rank 0 = off. With adapters, only they train (optim.freeze is not needed).
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0
+  c.lora.llm_targets = ("layers/(q|k|v|o|gate|up|down)",)
+  c.lora.vision_targets = ()   # e.g. ("layers/(q|k|v|o|fc1|fc2)",) to adapt the tower too
+
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 3e-3
   c.optim.warmup_steps = 100
@@ -53,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Per-group peak lr and weight decay: ((name, regex, lr, weight_decay), ...), first full match
   # wins, e.g. (("vision", "vision/.*", 2e-6, 0.0),) with freeze=() tunes the vision tower slowly.
   c.optim.groups = ()
+  # Frozen parameters stored in this dtype ('' = float32): 'bfloat16' halves their memory
+  # (LoRA's base weights); the trained ones stay float32.
+  c.optim.frozen_dtype = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1200       # per order; DOT runs twice as many
@@ -107,6 +118,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.train.grad_accum > 0 and c.train.batch_size % c.train.grad_accum == 0,
        "train.grad_accum", f"must divide train.batch_size={c.train.batch_size}")
   need(c.optim.lr > 0, "optim.lr", "must be positive")
+  need(c.optim.frozen_dtype in ("", "float32", "bfloat16"), "optim.frozen_dtype",
+       "use '', 'float32' or 'bfloat16'")
+  need(c.lora.rank >= 0, "lora.rank", "must be 0 (off) or positive")
   need(c.data.pack_length > 0, "data.pack_length", "must be positive")
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")

@@ -4,6 +4,7 @@
   python -m mma_jax.convert [import] --vision DIR --out OUT
   python -m mma_jax.convert [import] --aki DIR --vision_config F --llm_config F --out OUT
   python -m mma_jax.convert export --from OUT --hf_out DIR [--part llm|vision] [--family F]
+      [--lora_run WORKDIR]   # a LoRA run from OUT: its adapters merged into the kernels
   python -m mma_jax.convert check --hf DIR [--tolerance 1e-4]
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
   exp.add_argument("--part", default="llm", choices=("llm", "vision"))
   exp.add_argument("--family", default="", help="llama | qwen2 | phi3 (default: the source's)")
   exp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  exp.add_argument("--lora_run", default="",
+                   help="a LoRA training workdir started from --from: its adapters (latest "
+                        "checkpoint) are merged into the kernels before export")
   chk = sub.add_parser("check", help="convert an HF directory and compare logits with "
                                      "transformers")
   chk.add_argument("--hf", required=True, help="HF model directory (LLM or SigLIP vision)")
@@ -85,6 +89,8 @@ def run_export(a) -> None:
   from mma_jax.convert import hf
   import ml_dtypes
   meta, params = hf.load(a.source)
+  if a.lora_run:
+    params = _merged_lora(a.source, a.lora_run, params)
   dtype = np.float32 if a.dtype == "float32" else ml_dtypes.bfloat16
   if a.part == "vision":
     hf.export_vision(meta["model"], params, a.hf_out, dtype)
@@ -98,6 +104,25 @@ def run_export(a) -> None:
         with open(src, "rb") as f, open(os.path.join(a.hf_out, name), "wb") as g:
           g.write(f.read())
   print(f"Wrote {a.hf_out} ({a.part}).")
+
+
+def _merged_lora(source: str, run: str, params: dict) -> dict:
+  """The base parameters of `source` with the adapters of LoRA run `run` merged in."""
+  from mma_jax import checkpoint
+  from mma_jax.models import lora
+  path = os.path.join(run, "lora.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"{path} not found: --lora_run takes the workdir of a run trained with "
+                     "config.lora.rank > 0.")
+  with open(path) as f:
+    info = json.load(f)
+  if os.path.abspath(info.get("init_from") or "") != os.path.abspath(source):
+    print(f"Note: the run started from {info.get('init_from')!r}, not {source!r}; its "
+          "adapters are merged into --from's weights.")
+  adapters, step = checkpoint.load_saved_params(run)
+  merged = lora.merge_tree(lora.combine(params, adapters), info["alpha"] / info["rank"])
+  print(f"Merged the LoRA adapters of {run} (step {step}, rank {info['rank']}).")
+  return merged
 
 
 def run_check(a) -> int:

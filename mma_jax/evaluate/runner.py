@@ -23,7 +23,7 @@ from mma_jax.data import chat, pipeline
 from mma_jax.data import task as task_lib
 from mma_jax.evaluate import decode, prompts, scoring, vlmeval_tsv
 from mma_jax.evaluate.vlmeval_tsv import BadTableRow, Table
-from mma_jax.models import build, vlm
+from mma_jax.models import build, lora, vlm
 from mma_jax.tokens import eval_order
 
 
@@ -198,13 +198,20 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
 
 def load(config, workdir: str):
   """(Task, VLM, params, step) of a trained run: the latest checkpoint in workdir, restored
-  straight into the training layout (config.mesh) — no parameter is initialised first."""
+  straight into the training layout (config.mesh) — no parameter is initialised first. A
+  LoRA run's checkpoint holds its adapters alone: its base comes from config.init_from (or
+  the seed), as in training."""
   task = task_lib.Task(config, workdir)
   model = vlm.VLM(build.model_config(config, task.tokenizer.vocab_size))
   mesh = sharding.make_mesh(config.mesh.shape)
   rules = sharding.make_rules(config.mesh.rules)
-  params, step = checkpoint.load_params(workdir, build.restore_target(model.cfg, mesh, rules))
-  return task, model, params, step
+  target = build.restore_target(model.cfg, mesh, rules)
+  if not lora.has_adapters(target):
+    params, step = checkpoint.load_params(workdir, target)
+    return task, model, params, step
+  adapters, step = checkpoint.load_params(workdir, lora.split(target)[1])
+  base, _ = build.initial_params(model, config.seed, mesh, rules, config.init_from)
+  return task, model, lora.combine(lora.split(base)[0], adapters), step
 
 
 def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> dict:

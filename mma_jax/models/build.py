@@ -11,13 +11,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mma_jax import sharding, tokens
-from mma_jax.models import configs, vlm
+from mma_jax import checkpoint, sharding, tokens
+from mma_jax.models import configs, lora, vlm
 
 
 def model_config(config, vocab_size: int) -> configs.VLMConfig:
   """config.model as a VLMConfig; llm.vocab_size 0 takes the tokenizer's `vocab_size`."""
   model = config.model.to_dict()
+  lora = config.get("lora")
+  if lora is not None and lora.rank:
+    for tower, targets in (("llm", lora.llm_targets), ("vision", lora.vision_targets)):
+      model[tower]["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "targets": tuple(targets)}
   if not model["llm"].get("vocab_size"):
     model["llm"]["vocab_size"] = vocab_size
   elif model["llm"]["vocab_size"] < vocab_size:
@@ -66,3 +70,20 @@ def init_params(model: vlm.VLM, seed: int, mesh, rules):
   Returns: (params, their shardings).
   """
   return sharding.sharded_init(init_fn(model, seed), mesh, rules)
+
+
+def initial_params(model: vlm.VLM, seed: int, mesh, rules, init_from: str = ""):
+  """The parameters a run starts from, sharded: fresh from `seed`, or those of the checkpoint
+  `init_from` (config.init_from: a PT run, a converted HF directory). A model with LoRA
+  adapters takes its base from there and fresh adapters (B = 0: it starts as the base).
+
+  Returns: (params, the init_from checkpoint's step or None).
+  """
+  if not init_from:
+    return init_params(model, seed, mesh, rules)[0], None
+  target = restore_target(model.cfg, mesh, rules)
+  if not lora.has_adapters(target):
+    return checkpoint.load_params(init_from, target)
+  base, step = checkpoint.load_params(init_from, lora.split(target)[0])
+  fresh = lora.split(init_params(model, seed, mesh, rules)[0])[1]
+  return lora.combine(base, fresh), step

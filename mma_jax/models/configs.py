@@ -32,6 +32,21 @@ class RopeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Low-rank adapters: a targeted kernel W acts as W + (alpha / rank) * A @ B, A [in, rank]
+  (random), B [rank, out] (zeros: the adapted model starts as the base exactly). Targets are
+  regexes, full-matched against the end of a Dense module's path ('layers/q'); rank 0 = none.
+  Set from the run config's `lora` section (mma_jax.models.build), not stored with a model."""
+  rank: int = 0
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ()
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank if self.rank else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class LLMConfig:
   """Llama 3.x / Qwen2.x / Phi-3.x decoder, one code path chosen by fields."""
   vocab_size: int = 256
@@ -49,6 +64,7 @@ class LLMConfig:
   dtype: str = "float32"           # compute dtype; parameters stay float32
   remat: str = "none"              # one of REMAT_POLICIES
   attention: str = "auto"          # one of mma_jax.kernels.IMPLEMENTATIONS
+  lora: LoRAConfig = LoRAConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +79,7 @@ class ViTConfig:
   ln_eps: float = 1e-6
   dtype: str = "float32"
   remat: str = "none"
+  lora: LoRAConfig = LoRAConfig()
 
   @property
   def num_patches(self) -> int:
@@ -104,6 +121,8 @@ def build(cls, values: Mapping[str, Any], where: str):
   for name, value in values.items():
     if name == "rope":
       value = build(RopeConfig, value, f"{where}.rope")
+    elif name == "lora":
+      value = build(LoRAConfig, value, f"{where}.lora")
     elif isinstance(value, list):
       value = tuple(value)
     kwargs[name] = value

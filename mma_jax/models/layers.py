@@ -1,13 +1,14 @@
 """Building blocks shared by the vision tower, the connector and the LLM."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mma_jax.models.configs import REMAT_POLICIES
+from mma_jax.models.configs import REMAT_POLICIES, LoRAConfig
 
 # Remat policy name -> jax.checkpoint policy (None = no rematerialisation).
 _POLICIES = {
@@ -37,11 +38,49 @@ def param_init(init, names: Sequence[str]):
   return lambda *args, **kwargs: _LogicallyPartitioned(init(*args, **kwargs), names)
 
 
-def dense(features, names, *, axis=-1, use_bias=False, dtype=jnp.float32, name=None):
-  """DenseGeneral with logical names on the kernel (and on the bias: its trailing names)."""
+def targeted(path: Sequence[str], targets: Sequence[str]) -> bool:
+  """Whether a module path ('llm', 'layers', 'q') ends with a full match of a target regex."""
+  ends = ["/".join(path[i:]) for i in range(len(path))]
+  return any(re.fullmatch(t, e) for t in targets for e in ends)
+
+
+class Dense(nn.DenseGeneral):
+  """DenseGeneral, plus a low-rank adapter (LoRA) when `lora` targets this module's path.
+
+  The adapter adds (alpha / rank) * (x . A) . B with A f32[*in, rank] and B f32[rank, *out]
+  (params lora_a, lora_b next to kernel): B starts at zero, so the output starts unchanged.
+  """
+  lora: LoRAConfig | None = None
+  names: tuple = ()  # the kernel's logical axis names: [*in, *out]
+
+  @nn.compact
+  def __call__(self, inputs):
+    y = super().__call__(inputs)
+    if self.lora is None or not self.lora.rank or not targeted(self.path, self.lora.targets):
+      return y
+    axes = tuple(a % inputs.ndim for a in (self.axis if isinstance(self.axis, tuple)
+                                             else (self.axis,)))
+    n_in, rank = len(axes), self.lora.rank
+    features = tuple(self.features) if isinstance(self.features, (tuple, list)) else (
+        self.features,)
+    a = self.param("lora_a", param_init(nn.initializers.variance_scaling(
+        1.0, "fan_in", "normal", in_axis=tuple(range(n_in)), out_axis=-1),
+        self.names[:n_in] + (None,)), tuple(inputs.shape[i] for i in axes) + (rank,))
+    b = self.param("lora_b", param_init(nn.initializers.zeros_init(), (None,) + self.names[n_in:]),
+                   (rank,) + features)
+    xa = jnp.tensordot(inputs.astype(self.dtype), a.astype(self.dtype),
+                       axes=(axes, tuple(range(n_in))))
+    return y + self.lora.scale * jnp.tensordot(xa, b.astype(self.dtype), axes=1)
+
+
+def dense(features, names, *, axis=-1, use_bias=False, dtype=jnp.float32, name=None,
+          lora: LoRAConfig | None = None):
+  """Dense with logical names on the kernel (and on the bias: its trailing names); `lora`
+  adds an adapter when it targets the module."""
   n_out = len(features) if isinstance(features, (tuple, list)) else 1
-  return nn.DenseGeneral(
-      features, axis=axis, use_bias=use_bias, dtype=dtype, name=name,
+  return Dense(
+      features, axis=axis, use_bias=use_bias, dtype=dtype, name=name, lora=lora,
+      names=tuple(names),
       kernel_init=param_init(nn.initializers.lecun_normal(), names),
       bias_init=param_init(nn.initializers.zeros_init(), names[-n_out:]))
 

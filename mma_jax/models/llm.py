@@ -47,11 +47,11 @@ class DecoderLayer(nn.Module):
     cfg, dtype = self.cfg, layers.dtype_of(self.cfg.dtype)
     h = layers.RMSNorm(cfg.rms_eps, dtype, name="input_norm")(x)
     q = layers.dense((cfg.heads, cfg.head_dim), ("embed", "heads", "head_dim"),
-                     use_bias=cfg.qkv_bias, dtype=dtype, name="q")(h)
+                     use_bias=cfg.qkv_bias, dtype=dtype, name="q", lora=cfg.lora)(h)
     k = layers.dense((cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"),
-                     use_bias=cfg.qkv_bias, dtype=dtype, name="k")(h)
+                     use_bias=cfg.qkv_bias, dtype=dtype, name="k", lora=cfg.lora)(h)
     v = layers.dense((cfg.kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"),
-                     use_bias=cfg.qkv_bias, dtype=dtype, name="v")(h)
+                     use_bias=cfg.qkv_bias, dtype=dtype, name="v", lora=cfg.lora)(h)
     q, k = rope.apply(q, *sin_cos), rope.apply(k, *sin_cos)
     q = layers.constrain(q, ("batch", "length", "heads", "head_dim"))
     k, v = (layers.constrain(t, ("batch", "length", "kv_heads", "head_dim")) for t in (k, v))
@@ -63,14 +63,15 @@ class DecoderLayer(nn.Module):
     out = attn_lib.attention(q, k, v, q_ids, k_ids, implementation=cfg.attention)
     out = layers.constrain(out, ("batch", "length", "heads", "head_dim"))
     out = layers.dense(cfg.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=dtype,
-                       name="o")(out)
+                       name="o", lora=cfg.lora)(out)
     x = layers.constrain(x + out, ("batch", "length", "embed"))
 
     h = layers.RMSNorm(cfg.rms_eps, dtype, name="mlp_norm")(x)
-    gate = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="gate")(h)
-    up = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="up")(h)
+    gate = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="gate",
+                        lora=cfg.lora)(h)
+    up = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, name="up", lora=cfg.lora)(h)
     h = layers.constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    h = layers.dense(cfg.hidden, ("mlp", "embed"), dtype=dtype, name="down")(h)
+    h = layers.dense(cfg.hidden, ("mlp", "embed"), dtype=dtype, name="down", lora=cfg.lora)(h)
     return layers.constrain(x + h, ("batch", "length", "embed")), kv
 
 

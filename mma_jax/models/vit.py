@@ -19,15 +19,18 @@ class EncoderLayer(nn.Module):
     h = layers.layer_norm(cfg.ln_eps, dtype, name="norm1")(x)
     heads = ("batch", "length", "heads", "head_dim")
     qkv = [layers.constrain(layers.dense((cfg.heads, head_dim), ("embed", "heads", "head_dim"),
-                                         use_bias=True, dtype=dtype, name=n)(h), heads)
+                                         use_bias=True, dtype=dtype, name=n, lora=cfg.lora)(h),
+                            heads)
            for n in ("q", "k", "v")]
     h = layers.constrain(attn_lib.dot_product_attention(*qkv), heads)
     x = x + layers.dense(cfg.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1),
-                         use_bias=True, dtype=dtype, name="o")(h)
+                         use_bias=True, dtype=dtype, name="o", lora=cfg.lora)(h)
     h = layers.layer_norm(cfg.ln_eps, dtype, name="norm2")(x)
-    h = layers.dense(cfg.mlp_dim, ("embed", "mlp"), use_bias=True, dtype=dtype, name="fc1")(h)
+    h = layers.dense(cfg.mlp_dim, ("embed", "mlp"), use_bias=True, dtype=dtype, name="fc1",
+                     lora=cfg.lora)(h)
     h = layers.constrain(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
-    x = x + layers.dense(cfg.hidden, ("mlp", "embed"), use_bias=True, dtype=dtype, name="fc2")(h)
+    x = x + layers.dense(cfg.hidden, ("mlp", "embed"), use_bias=True, dtype=dtype, name="fc2",
+                         lora=cfg.lora)(h)
     return layers.constrain(x, ("batch", "length", "embed")), None
 
 

@@ -24,7 +24,7 @@ from mma_jax import config as config_lib
 from mma_jax import distributed, sharding, tokens
 from mma_jax.data import task as task_lib
 from mma_jax.evaluate import runner, scoring
-from mma_jax.models import build, flops, vlm
+from mma_jax.models import build, flops, lora, vlm
 from mma_jax.train import memory, optimizer
 from mma_jax.train import step as step_lib
 
@@ -150,30 +150,49 @@ class Trainer:
 
   def _initial_state(self, opt):
     """(state, its shardings, the data iterator): restored from the workdir's latest checkpoint,
-    else fresh (from config.init_from's parameters when given)."""
-    target = step_lib.abstract_state(self.model_cfg, opt, self.mesh, self.rules)
+    else fresh (from config.init_from's parameters when given).
+
+    With LoRA adapters a checkpoint holds the adapters alone (_saved): the frozen base comes
+    from config.init_from (or the seed) again on resume, as it did at the start."""
+    c = self.config
+    target = step_lib.abstract_state(self.model_cfg, opt, self.mesh, self.rules, c.optim)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, target)
+    dtypes = jax.tree_util.tree_map(lambda x: x.dtype, target.params)
     latest = self.ckpt.latest_step()
     if latest is not None:
       self.phase = self.ckpt.restore_meta(latest)["phase"]
       iterator = self._iterator()
-      params, opt_state = self.ckpt.restore(latest, target.params, target.opt_state, iterator)
+      params, opt_state = self.ckpt.restore(latest, self._saved(target.params),
+                                            target.opt_state, iterator)
+      if lora.has_adapters(target.params):
+        params = lora.combine(lora.split(self._start_params(dtypes))[0], params)
       logging.info("Resuming from %s at step %d (phase %s).", self.ckpt.directory, latest,
                    self.phases[self.phase])
       state = step_lib.TrainState(jax.device_put(np.int32(latest), shardings.step), params,
                                   opt_state)
       return state, shardings, iterator
     self.phase = 0
-    params = None
-    if self.config.init_from:
-      params, pt_step = ckpt_lib.load_params(self.config.init_from, target.params)
-      logging.info("Initialised from %s (step %s).", self.config.init_from, pt_step)
-    elif self.config.stage == "sft":
+    if lora.has_adapters(target.params) and jax.process_index() == 0:
+      with open(os.path.join(self.workdir, "lora.json"), "w") as f:  # for convert export
+        json.dump({**c.lora.to_dict(), "init_from": c.init_from}, f, indent=1)
+    if not c.init_from and c.stage == "sft":
       logging.warning("No PT checkpoint given (config.init_from is empty): SFT trains the "
                       "connector and LLM from scratch.")
-    state = step_lib.init_state(self.model, opt, self.config.seed, shardings, self.mesh,
-                                self.rules, params)
+    state = step_lib.init_state(self.model, opt, c.seed, shardings, self.mesh, self.rules,
+                                self._start_params(dtypes))
     return state, shardings, self._iterator()
+
+  def _start_params(self, dtypes):
+    """config.init_from's parameters (LoRA: its base, fresh adapters), else fresh ones."""
+    params, step = build.initial_params(self.model, self.config.seed, self.mesh, self.rules,
+                                        self.config.init_from)
+    if self.config.init_from:
+      logging.info("Initialised from %s (step %s).", self.config.init_from, step)
+    return jax.tree_util.tree_map(lambda p, d: p.astype(d), params, dtypes)
+
+  def _saved(self, params):
+    """What a checkpoint holds of the parameters: all of them, or the LoRA adapters alone."""
+    return lora.split(params)[1] if lora.has_adapters(params) else params
 
   def _iterator(self):
     return self.task.train_iterator(self.phases[self.phase], self.model_cfg.tokens_per_image)
@@ -205,8 +224,8 @@ class Trainer:
             log.write(step, host)
           if self._checkpoint_due(step) or stopping:
             self._check_finite(jax.device_get(metrics), step)  # never save a NaN state
-            self.ckpt.save(step, self.state.params, self.state.opt_state, self.phase,
-                           self.iterator)
+            self.ckpt.save(step, self._saved(self.state.params), self.state.opt_state,
+                           self.phase, self.iterator)
           if c.train.eval_every and step % c.train.eval_every == 0:
             val, _ = self._evaluate("validation")
             self.writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})

@@ -165,6 +165,7 @@ def estimate(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, im
              grad_accum: int = 1, backend: str | None = None) -> Usage:
   """Usage of training `cfg` on `mesh` (a Mesh or an AbstractMesh), from jax.eval_shape."""
   params, shardings = build.param_shardings(cfg, mesh, rules)
+  params = optimizer.stored(params, optim_cfg)  # frozen ones maybe in bfloat16 (LoRA's base)
   opt, _ = optimizer.make(optim_cfg, 1, params)
   opt_state = jax.eval_shape(opt.init, params)
   acts = activations(cfg, mesh, rules, batch // grad_accum, length, images,

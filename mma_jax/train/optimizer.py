@@ -24,11 +24,19 @@ def param_path(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+ADAPTER = re.compile(r".*/lora_[ab]")
+
+
 def trainable_mask(params, freeze: Sequence[str]):
-  """Pytree of bools: False where the parameter path fully matches one of the freeze regexes."""
+  """Pytree of bools: False where the parameter path fully matches one of the freeze regexes,
+  and, when the tree holds LoRA adapters, everywhere but on them (the base is frozen)."""
   patterns = [re.compile(p) for p in freeze]
+  paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  adapters_only = any(ADAPTER.fullmatch(p) for p in paths)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(p.fullmatch(param_path(path)) for p in patterns), params)
+      lambda path, _: (not any(p.fullmatch(param_path(path)) for p in patterns)
+                       and (not adapters_only or bool(ADAPTER.fullmatch(param_path(path))))),
+      params)
 
 
 def schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float):
@@ -39,6 +47,17 @@ def schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float
   return optax.warmup_cosine_decay_schedule(
       init_value=lr / max(warmup_steps, 1), peak_value=lr, warmup_steps=max(warmup_steps, 1),
       decay_steps=max(total_steps, warmup_steps + 1), end_value=lr * min_lr_ratio)
+
+
+def stored(params, optim_cfg):
+  """ShapeDtypeStructs of `params` as a run keeps them: frozen ones (trainable_mask) in
+  config.optim.frozen_dtype when set (e.g. LoRA's bfloat16 base); shardings kept."""
+  frozen_dtype = optim_cfg.get("frozen_dtype", "") if hasattr(optim_cfg, "get") else ""
+  trainable = trainable_mask(params, optim_cfg.freeze)
+  return jax.tree_util.tree_map(
+      lambda x, t: jax.ShapeDtypeStruct(x.shape, x.dtype if t or not frozen_dtype else frozen_dtype,
+                                        sharding=getattr(x, "sharding", None)),
+      params, trainable)
 
 
 DEFAULT_GROUP = "default"

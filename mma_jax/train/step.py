@@ -15,6 +15,7 @@ import optax
 
 from mma_jax import sharding, tokens
 from mma_jax.models import build, vlm
+from mma_jax.train import optimizer
 
 
 @flax.struct.dataclass
@@ -72,11 +73,14 @@ def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str
   return step
 
 
-def abstract_state(model_cfg, opt, mesh, rules) -> TrainState:
+def abstract_state(model_cfg, opt, mesh, rules, optim_cfg=None) -> TrainState:
   """The TrainState's shapes, each carrying its sharding: the layout to create the state in
   and the target a checkpoint restores into (parameters by the logical rules, optimizer
-  moments like the parameters they mirror, scalars replicated)."""
+  moments like the parameters they mirror, scalars replicated). With optim_cfg, frozen
+  parameters take config.optim.frozen_dtype (optimizer.stored)."""
   params = build.restore_target(model_cfg, mesh, rules)
+  if optim_cfg is not None:
+    params = optimizer.stored(params, optim_cfg)
   opt_state = jax.eval_shape(opt.init, params)
   opt_sh = sharding.like_params(opt_state, params,
                                 jax.tree_util.tree_map(lambda p: p.sharding, params), mesh)
@@ -87,11 +91,14 @@ def abstract_state(model_cfg, opt, mesh, rules) -> TrainState:
 
 
 def init_state(model: vlm.VLM, opt, seed: int, shardings: TrainState, mesh, rules,
-               params=None) -> TrainState:
+               params=None, dtypes=None) -> TrainState:
   """A TrainState at step 0 created in `shardings`: fresh parameters from `seed` (created
-  sharded: nothing is materialised whole) unless `params` are given, and a fresh optimizer."""
+  sharded: nothing is materialised whole) unless `params` are given, in `dtypes` (a tree
+  like the parameters; None = as they are), and a fresh optimizer."""
   if params is None:
     params, _ = build.init_params(model, seed, mesh, rules)
+  if dtypes is not None:
+    params = jax.tree_util.tree_map(lambda p, d: p.astype(d), params, dtypes)
   opt_state = jax.jit(opt.init, out_shardings=shardings.opt_state)(params)
   return TrainState(jax.device_put(jnp.int32(0), shardings.step), params, opt_state)
 
