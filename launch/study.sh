@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MMA ablation study (mma_jax/study.py): one PT run, then SFT for causal I&T, reversed T&I,
-# DOT, causal with DOT's doubled budget, MMA and prefix-LM over 3 seeds, then the report.
-#   launch/study.sh runs/study [--seeds=3] [--steps=N] [--pt_steps=N] [--config.KEY=VALUE ...]
+# DOT, causal with DOT's doubled budget, MMA and prefix-LM over 5 seeds, then the report.
+#   launch/study.sh runs/study [--seeds=5] [--steps=N] [--pt_steps=N] [--timing_seconds=2]
+#                              [--config.KEY=VALUE ...]
 # Rerun the same command after an interruption: finished runs are reused, the others resume.
 set -euo pipefail
 workdir="${1:?usage: launch/study.sh WORKDIR [flags of python -m mma_jax.study]}"

@@ -1,7 +1,8 @@
 """The paper's ablation at small scale: one PT run, then SFT per variant x seed, and a report.
 
-  python -m mma_jax.study --workdir=runs/study [--seeds=3] [--steps=N] [--pt_steps=N] \
-      [--variants=causal,reversed,dot,causal_2x,mma,prefix] [--jobs=N] [--config.KEY=VALUE ...]
+  python -m mma_jax.study --workdir=runs/study [--seeds=5] [--steps=N] [--pt_steps=N] \
+      [--variants=causal,reversed,dot,causal_2x,mma,prefix] [--jobs=N] [--timing_seconds=2] \
+      [--config.KEY=VALUE ...]
 
 Every SFT run starts from the same PT checkpoint, on the same data and model, for the same
 number of steps; DOT trains `steps` in T&I and then `steps` in I&T, so `causal_2x` (causal I&T
@@ -11,6 +12,7 @@ for 2 x steps) is its fair control. A seed sets config.seed and the data shuffli
   data/                the built-in benchmark (TFDS), shared by every run
   pt/                  the PT run
   runs/VARIANT/seedS/  one SFT run (results.json, train_log.jsonl, checkpoints, TensorBoard)
+  timing.json          the step time of each variant, timed alone (see below)
   report.md, results.csv, study.png      the comparison
   mechanism/           the mechanism pictures (mma_jax.mechanism) of the seed-0 mma and causal runs
 
@@ -20,11 +22,30 @@ checkpoint, so rerunning the command after an interruption continues the study.
 --jobs=N trains up to N SFT runs at once, each in its own process (`--run=NAME` of the same
 command; its output goes to runs/VARIANT/seedS/study_run.log). A tiny model's train step keeps
 about one CPU core busy, so on a CPU machine N = the number of cores; on one accelerator, 1.
+
+Statistics. Each (variant, metric) gets its mean and a 95% confidence interval (Student t with
+n - 1 degrees of freedom over the n seeds; none with one seed). Each variant is compared with
+causal I&T by a paired t-test over seeds; for each metric the family of these comparisons
+(every variant but causal that has a p) is corrected by Holm-Bonferroni, and the report gives
+raw and adjusted p. The verdict compares MMA with every other variant on overall accuracy, its
+own family, Holm-corrected too; only adjusted p < 0.05 counts as significant.
+
+Step time. Runs trained at once (--jobs > 1), or next to anything else on the machine, slow each
+other down, so the training logs' step times are not a fair comparison. After training, this
+process times each variant alone, one after another: that variant's train step (built as
+mma_jax.train.loop builds it, fresh parameters: the time does not depend on their values) on one
+batch already on the device, in intervals of several steps for about --timing_seconds; the step
+time is the minimum over intervals of seconds per step (another job can only add time). It
+excludes data loading. The times are kept in timing.json (keyed by the run config, device and
+JAX version; delete the file to time again). With --timing_seconds=0 the report falls back to
+the minimum logging interval of each run's train_log.jsonl, and says so.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -159,6 +180,13 @@ def finished(run: Run) -> bool:
 
 # --- statistics -------------------------------------------------------------------------------
 
+CONFIDENCE = 0.95
+ALPHA = 0.05
+STEP_METRICS = ("step_time_s", "step_time_rel")
+TIMED = "timed alone"
+LOGGED = "training log"
+
+
 def paired_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
   """Paired t-test of a against b (matched by seed): (mean difference, t, two-sided p).
 
@@ -177,6 +205,39 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, f
   return diff, float(res.statistic), float(res.pvalue)
 
 
+def mean_ci(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float, float]:
+  """(mean, low, high): the Student-t interval mean ± t(level, n - 1) x std / sqrt(n).
+
+  One value has no interval (low, high NaN); identical values give low = high = mean.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  x = np.asarray(values, np.float64)
+  mean = float(np.mean(x)) if x.size else float("nan")
+  if x.size < 2:
+    return mean, float("nan"), float("nan")
+  half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * np.std(x, ddof=1) / np.sqrt(x.size))
+  return mean, mean - half, mean + half
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p, in the input's order; rejecting where adjusted p < alpha keeps
+  the family-wise error rate at alpha.
+
+  The family is the finite p (NaN: no test, passed through). With them sorted p(1) <= ... <=
+  p(m), adjusted p(i) = min(1, max over j <= i of (m - j + 1) p(j)).
+  """
+  p = np.asarray(pvalues, np.float64)
+  out = np.full(p.shape, np.nan)
+  tested = np.flatnonzero(np.isfinite(p))
+  order = tested[np.argsort(p[tested], kind="stable")]
+  m = order.size
+  running = 0.0
+  for i, k in enumerate(order):
+    running = max(running, (m - i) * p[k])  # the max keeps the adjusted p monotone
+    out[k] = min(1.0, running)
+  return out.tolist()
+
+
 def metric_names(metrics: Mapping[str, float]) -> list[str]:
   """accuracy/all, accuracy per question type (benchmark order), f1/exist: those present."""
   from mma_jax.data.shapes import generate  # pylint: disable=g-import-not-at-top
@@ -188,19 +249,22 @@ def metric_names(metrics: Mapping[str, float]) -> list[str]:
 
 
 def step_time(workdir: str) -> float:
-  """Median seconds per train step from train_log.jsonl, the first (warm-up) interval left out."""
+  """Fallback step time: the minimum seconds per train step over train_log.jsonl's logging
+  intervals, the first (warm-up) interval left out. Contention only adds time, so the minimum
+  is the least confounded of them, but runs trained at once still share the machine."""
   path = os.path.join(workdir, "train_log.jsonl")
   times = []
   if os.path.exists(path):
     with open(path) as f:
       times = [r["step_time"] for r in map(json.loads, f) if "step_time" in r]
   times = times[1:] if len(times) > 1 else times
-  return float(np.median(times)) if times else float("nan")
+  return float(np.min(times)) if times else float("nan")
 
 
 def collect(runs: Sequence[Run]) -> dict:
-  """variant -> {"steps", "seeds", "metrics": {name: [per seed]}, "step_time": [per seed],
-  "chance": {name: value}}, read from the runs' results.json and train_log.jsonl."""
+  """variant -> {"steps", "seeds", "metrics": {name: [per seed]}, "step_time": [per seed, from
+  the training logs], "chance": {name: value}}, read from the runs' results.json and
+  train_log.jsonl. run_study adds "timing" (time_variants) when the variants were timed."""
   out = {}
   for run in runs:
     if not run.variant:
@@ -218,28 +282,146 @@ def collect(runs: Sequence[Run]) -> dict:
   return out
 
 
+def _step_times(results: Mapping[str, dict], variant: str) -> tuple[list, list, str]:
+  """(seconds per step, ratios to causal, source) of a variant: the timing pass's one value
+  when it timed both the variant and causal, else the per-seed training-log values."""
+  r, base = results[variant], results[BASELINE]
+  if "timing" in r and "timing" in base:
+    t, t0 = r["timing"]["seconds_per_step"], base["timing"]["seconds_per_step"]
+    return [t], [t / t0], TIMED
+  seeds = [s for s in r["seeds"] if s in base["seeds"]]
+  mine = [r["step_time"][r["seeds"].index(s)] for s in seeds]
+  return mine, [m / base["step_time"][base["seeds"].index(s)] for m, s in zip(mine, seeds)], \
+      LOGGED
+
+
 def summarize(results: Mapping[str, dict]) -> list[dict]:
-  """One row per (variant, metric): mean, std (ddof 1), values, and the paired difference to
-  causal I&T with its p. Metric 'step_time_rel' is the per-seed step-time ratio to causal."""
+  """One row per (variant, metric): n, mean, std (ddof 1), the 95% interval (ci_low, ci_high;
+  NaN with one value), values, and the paired difference to causal I&T with its raw p and its
+  Holm-adjusted p over the metric's family (holm_m comparisons: every other variant's with a p).
+
+  Metrics 'step_time_s' (seconds per step) and 'step_time_rel' (÷ causal) come from the timing
+  pass (one value per variant) or, labelled in 'step_time_source', the training logs (per seed).
+  """
   base = results[BASELINE]
   rows = []
   for variant, r in results.items():
     seeds = [base["seeds"].index(s) for s in r["seeds"] if s in base["seeds"]]
     mine = [r["seeds"].index(base["seeds"][i]) for i in seeds]
-    ratio = [r["step_time"][j] / base["step_time"][i] for i, j in zip(seeds, mine)]
-    for name, values in list(r["metrics"].items()) + [("step_time_rel", ratio)]:
+    seconds, ratio, source = _step_times(results, variant)
+    for name, values in list(r["metrics"].items()) + [("step_time_s", seconds),
+                                                       ("step_time_rel", ratio)]:
       values = np.asarray(values, np.float64)
+      mean, low, high = mean_ci(values)
       row = {"variant": variant, "label": VARIANTS[variant].label, "steps": r["steps"],
-             "metric": name, "n": int(values.size), "mean": float(np.mean(values)),
+             "metric": name, "n": int(values.size), "mean": mean,
              "std": float(np.std(values, ddof=1)) if values.size > 1 else 0.0,
-             "values": values.tolist(), "delta_vs_causal": float("nan"),
-             "p_vs_causal": float("nan")}
-      if name != "step_time_rel" and variant != BASELINE:
+             "ci_low": low, "ci_high": high, "values": values.tolist(),
+             "delta_vs_causal": float("nan"), "p_vs_causal": float("nan"),
+             "p_holm_vs_causal": float("nan"), "holm_m": 0,
+             "step_time_source": source if name in STEP_METRICS else ""}
+      if name not in STEP_METRICS and variant != BASELINE:
         a = [values[j] for j in mine]
         b = [base["metrics"][name][i] for i in seeds]
         row["delta_vs_causal"], _, row["p_vs_causal"] = paired_test(a, b)
       rows.append(row)
+  for name in {r["metric"] for r in rows} - set(STEP_METRICS):
+    family = [r for r in rows if r["metric"] == name and r["variant"] != BASELINE]
+    m = sum(np.isfinite(r["p_vs_causal"]) for r in family)
+    for r, adjusted in zip(family, holm([r["p_vs_causal"] for r in family])):
+      r["p_holm_vs_causal"], r["holm_m"] = adjusted, int(m)
   return rows
+
+
+# --- step time, timed alone -------------------------------------------------------------------
+
+def _timing_key(config) -> str:
+  """What the step time depends on: the run config less what differs between seeds and step
+  budgets, the device and the JAX version."""
+  import jax  # pylint: disable=g-import-not-at-top
+  c = copy.deepcopy(config)
+  c.seed = c.data.shuffle_seed = 0
+  c.train.steps, c.init_from = 1, ""
+  text = json.dumps([c.to_json_best_effort(sort_keys=True), jax.devices()[0].device_kind,
+                     jax.device_count(), jax.__version__])
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def time_train_step(config, workdir: str, seconds: float) -> dict:
+  """Seconds per train step of `config`'s model, mask and batch, measured in this process.
+
+  The step is jit_train_step as the trainer builds it, from fresh parameters (the time does not
+  depend on their values) on one batch of the run's last phase put on the device once. After a
+  compile-and-warm-up call, intervals of k steps (k: about a tenth of `seconds` each) run until
+  `seconds` have passed, at least 3; the result is the minimum over intervals of the interval's
+  time / k, since anything else running can only add time.
+  """
+  # pylint: disable=g-import-not-at-top (TensorFlow is slow to import; reports need none)
+  import jax
+  from mma_jax import sharding
+  from mma_jax.data import task as task_lib
+  from mma_jax.models import build, vlm
+  from mma_jax.train import optimizer
+  from mma_jax.train import step as step_lib
+  c = config
+  task = task_lib.Task(c, workdir)
+  model_cfg = build.model_config(c, task.tokenizer.vocab_size)
+  model = vlm.VLM(model_cfg)
+  mesh, rules = sharding.make_mesh(c.mesh.shape), sharding.make_rules(c.mesh.rules)
+  phases = tokens.phases(c.data.order)
+  with sharding.use(mesh, rules):
+    abstract = build.param_shardings(model_cfg, mesh, rules)[0]
+    opt, _ = optimizer.make(c.optim, c.train.steps * len(phases), abstract)
+    trainable = optimizer.trainable_mask(abstract, c.optim.freeze)
+    shardings = jax.tree_util.tree_map(
+        lambda x: x.sharding, step_lib.abstract_state(model_cfg, opt, mesh, rules))
+    state = step_lib.init_state(model, opt, c.seed, shardings, mesh, rules)
+    train_step = step_lib.jit_train_step(model, opt, c.mask, c.train.grad_accum, trainable,
+                                         shardings, mesh)
+    iterator = task.train_iterator(phases[-1], model_cfg.tokens_per_image)
+    try:
+      batch = sharding.put_batch(next(iterator), mesh)
+    finally:
+      getattr(iterator, "close", lambda: None)()  # no prefetch thread outlives the timing
+
+    def interval(k: int) -> float:
+      nonlocal state
+      t0 = time.perf_counter()
+      for _ in range(k):
+        state, _ = train_step(state, batch)  # the state is donated: carry it on
+      jax.block_until_ready(state)
+      return (time.perf_counter() - t0) / k
+
+    interval(1)  # compiles
+    k = max(1, int(seconds / 10 / interval(1)))
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+      times.append(interval(k))
+  return {"source": TIMED, "seconds_per_step": float(np.min(times)),
+          "median_seconds_per_step": float(np.median(times)), "steps_per_interval": k,
+          "intervals": len(times)}
+
+
+def time_variants(workdir: str, runs: Sequence[Run], seconds: float) -> dict[str, dict]:
+  """variant -> time_train_step of its first run, one variant after another; reused from
+  workdir/timing.json when timed before for the same config, device and JAX version."""
+  path = os.path.join(workdir, "timing.json")
+  cache = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cache = json.load(f)
+  out = {}
+  for run in runs:
+    if not run.variant or run.variant in out:
+      continue
+    key = _timing_key(run.config)
+    if cache.get(run.variant, {}).get("key") != key:
+      logging.info("Study: timing the %s train step alone (%.1f s).", run.variant, seconds)
+      cache[run.variant] = dict(time_train_step(run.config, run.workdir, seconds), key=key)
+      with open(path, "w") as f:
+        json.dump(cache, f, indent=1)
+    out[run.variant] = {k: v for k, v in cache[run.variant].items() if k != "key"}
+  return out
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -252,33 +434,65 @@ def _short(metric: str) -> str:
   return {"accuracy/all": "all", "f1/exist": "F1 exist"}.get(metric, metric.split("/", 1)[-1])
 
 
+def _mean_ci(row: Mapping, digits: int = 3) -> str:
+  """'mean ± half-width' of the 95% interval; 'mean (no CI)' when there is none."""
+  if not np.isfinite(row["ci_low"]):
+    return f"{_fmt(row['mean'], digits)} (no CI)"
+  return f"{row['mean']:.{digits}f} ± {(row['ci_high'] - row['ci_low']) / 2:.{digits}f}"
+
+
+def _p(p: float) -> str:
+  return "n/a" if not np.isfinite(p) else f"{p:.3g}"
+
+
 def _verdict(results) -> list[str]:
-  """Plain sentences: does MMA beat causal I&T and the other baselines on overall accuracy?"""
+  """Plain sentences: does MMA beat causal I&T and the other baselines on overall accuracy?
+
+  The family is MMA against each other variant on overall accuracy; a win needs a positive
+  difference with Holm-adjusted p < ALPHA over that family.
+  """
   if "mma" not in results:
     return ["MMA was not part of this study (--variants), so there is no verdict on it."]
   overall = "accuracy/all"
-  lines = []
   n = len(results["mma"]["seeds"])
-  for other in [v for v in results if v != "mma"]:
+  others = [v for v in results if v != "mma"]
+  tests = []
+  for other in others:
     seeds = [s for s in results["mma"]["seeds"] if s in results[other]["seeds"]]
     pick = lambda v: [results[v]["metrics"][overall][results[v]["seeds"].index(s)] for s in seeds]
     diff, _, p = paired_test(pick("mma"), pick(other))
+    tests.append((other, len(seeds), diff, p))
+  adjusted = holm([p for *_, p in tests])
+  m = int(np.sum(np.isfinite([p for *_, p in tests])))
+  lines, wins = [], 0
+  for (other, k, diff, p), q in zip(tests, adjusted):
+    name = VARIANTS[other].label
+    how = "is ahead by" if diff > 0 else "is behind by" if diff < 0 else "ties at"
+    stats = f"paired p = {_p(p)}, Holm-adjusted p = {_p(q)} over {k} seeds"
     if not np.isfinite(p):
-      lines.append(f"- MMA − {VARIANTS[other].label}: {diff:+.3f} overall accuracy; with "
-                   f"{len(seeds)} seed(s) there is no significance test, so no claim either way.")
-    elif diff > 0 and p < 0.05:
-      lines.append(f"- MMA beats {VARIANTS[other].label}: {diff:+.3f} overall accuracy, paired "
-                   f"p = {p:.3g} over {len(seeds)} seeds.")
+      lines.append(f"- MMA − {name}: {diff:+.3f} overall accuracy; with {k} seed(s) (or "
+                   "identical differences) there is no significance test, so no claim either way.")
+    elif diff > 0 and q < ALPHA:
+      wins += 1
+      lines.append(f"- MMA beats {name}: {diff:+.3f} overall accuracy, {stats}.")
+    elif diff > 0 and p < ALPHA:
+      lines.append(f"- MMA does **not** significantly beat {name}: it is ahead by {diff:.3f} "
+                   f"overall accuracy with {stats}: p < {ALPHA} alone, but **not significant "
+                   "after correction**.")
+    elif diff < 0 and q < ALPHA:
+      lines.append(f"- MMA is significantly **worse** than {name}: behind by {-diff:.3f} overall "
+                   f"accuracy, {stats}.")
     else:
-      how = "is ahead by" if diff > 0 else "is behind by" if diff < 0 else "ties at"
-      lines.append(f"- MMA does **not** significantly beat {VARIANTS[other].label}: it {how} "
-                   f"{abs(diff):.3f} overall accuracy, paired p = {p:.3g} over {len(seeds)} "
-                   "seeds.")
-  wins = sum("MMA beats" in l for l in lines)
-  head = (f"MMA beats all {len(lines)} baselines at this scale." if wins == len(lines) else
-          f"At this scale MMA significantly beats {wins} of {len(lines)} baselines "
-          f"({n} seed(s)); the claim is not reproduced where it does not.")
-  return [head, ""] + lines
+      lines.append(f"- MMA does **not** significantly beat {name}: it {how} {abs(diff):.3f} "
+                   f"overall accuracy, {stats}.")
+  head = (f"MMA beats all {len(lines)} baselines at this scale ({n} seeds, Holm-corrected)."
+          if wins == len(lines) else
+          f"At this scale MMA significantly beats {wins} of {len(lines)} baselines ({n} seed(s); "
+          f"adjusted p < {ALPHA}); the claim is not reproduced where it does not.")
+  family = (f"Family: MMA against each of the {len(others)} other variants on overall accuracy"
+            + (f" ({m} with a test); p adjusted by Holm–Bonferroni over those {m}." if m else
+               "; none has a test, so there is nothing to correct."))
+  return [head, "", family, ""] + lines
 
 
 def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
@@ -289,7 +503,8 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
            "csv": os.path.join(workdir, "results.csv"),
            "plot": os.path.join(workdir, "study.png")}
   fields = ["variant", "label", "steps", "metric", "n", "mean", "std", "values",
-            "delta_vs_causal", "p_vs_causal"]
+            "delta_vs_causal", "p_vs_causal", "ci_low", "ci_high", "p_holm_vs_causal", "holm_m",
+            "step_time_source"]
   with open(paths["csv"], "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
@@ -300,35 +515,73 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
   pt = runs[0].config
   sft = next(r for r in runs if r.variant == BASELINE).config
   m = sft.model.llm
+  n_seeds = len(results[BASELINE]["seeds"])
   md = ["# The MMA ablation at small scale", "",
         f"PT {pt.train.steps} steps, then SFT {sft.train.steps} steps per order from that "
         f"checkpoint (DOT and causal 2x: {2 * sft.train.steps}); "
-        f"{len(results[BASELINE]['seeds'])} seed(s) per variant (seed = config.seed and the data "
+        f"{n_seeds} seed(s) per variant (seed = config.seed and the data "
         f"shuffling); batch {sft.train.batch_size} x {sft.data.pack_length} tokens; LLM "
         f"{m.layers} layers x {m.hidden}; train/test {sft.data.train_size}/{sft.data.test_size} "
         "records of the built-in shapes benchmark.", "",
-        "## Test accuracy (mean ± std over seeds)", "",
-        "| variant | steps | " + " | ".join(_short(x) for x in metrics) + " | step time ÷ causal |",
-        "|" + " --- |" * (len(metrics) + 3)]
+        f"## Test accuracy (mean ± {CONFIDENCE:.0%} confidence interval over seeds)", "",
+        f"± is the half-width of a Student-t {CONFIDENCE:.0%} interval over the n seeds (n − 1 "
+        "degrees of freedom); results.csv has its ends (ci_low, ci_high) and the std."
+        + (" With one seed there is no interval ('no CI')." if n_seeds < 2 else ""), "",
+        "| variant | steps | " + " | ".join(_short(x) for x in metrics)
+        + " | step time (ms) | ÷ causal |",
+        "|" + " --- |" * (len(metrics) + 4)]
   for v in results:
-    cells = [f"{by[v, x]['mean']:.3f} ± {by[v, x]['std']:.3f}" for x in metrics]
-    t = by[v, "step_time_rel"]
-    md.append(f"| {VARIANTS[v].label} | {results[v]['steps']} | " + " | ".join(cells)
-              + f" | {_fmt(t['mean'], 2)} ± {_fmt(t['std'], 2)} |")
+    cells = [_mean_ci(by[v, x]) for x in metrics]
+    ms = dict(by[v, "step_time_s"], **{k: 1e3 * by[v, "step_time_s"][k]
+                                       for k in ("mean", "ci_low", "ci_high")})
+    if ms["step_time_source"] == TIMED:  # one measurement per variant: no interval to give
+      cells += [_fmt(ms["mean"], 2), _fmt(by[v, "step_time_rel"]["mean"], 2)]
+    else:
+      cells += [_mean_ci(ms, 2), _mean_ci(by[v, "step_time_rel"], 2)]
+    md.append(f"| {VARIANTS[v].label} | {results[v]['steps']} | " + " | ".join(cells) + " |")
   chance = results[BASELINE]["chance"]
   md.append("| chance (majority answer) | | "
-            + " | ".join(_fmt(chance.get(x, float("nan"))) for x in metrics) + " | |")
-  md += ["", "## Difference to causal I&T (paired over seeds; p of a paired t-test)", "",
+            + " | ".join(_fmt(chance.get(x, float("nan"))) for x in metrics) + " | | |")
+  others = [v for v in results if v != BASELINE]
+  md += ["", "## Difference to causal I&T (paired over seeds: raw p of a paired t-test → "
+         "Holm-adjusted p)", "",
+         f"Family, for each metric: the comparisons with causal I&T of "
+         f"{', '.join(VARIANTS[v].label for v in others) or 'no other variant'} — those with a "
+         "test (a single seed or identical differences give none); m below. Holm–Bonferroni "
+         f"keeps the chance of any false difference in a metric's family under {ALPHA}; "
+         f"**bold**: adjusted p < {ALPHA}.", "",
          "| variant | " + " | ".join(_short(x) for x in metrics) + " |",
          "|" + " --- |" * (len(metrics) + 1)]
-  for v in [v for v in results if v != BASELINE]:
-    md.append(f"| {VARIANTS[v].label} | " + " | ".join(
-        f"{by[v, x]['delta_vs_causal']:+.3f} (p {_fmt(by[v, x]['p_vs_causal'])})"
-        for x in metrics) + " |")
+
+  def diff_cell(r):
+    text = (f"{r['delta_vs_causal']:+.3f} (p {_p(r['p_vs_causal'])} → "
+            f"{_p(r['p_holm_vs_causal'])})")
+    return f"**{text}**" if r["p_holm_vs_causal"] < ALPHA else text
+
+  for v in others:
+    md.append(f"| {VARIANTS[v].label} | " + " | ".join(diff_cell(by[v, x]) for x in metrics)
+              + " |")
+  if others:
+    md.append("| Holm family size m | " + " | ".join(str(by[others[0], x]["holm_m"])
+                                                    for x in metrics) + " |")
   md += ["", "## Verdict", ""] + _verdict(results)
-  md += ["", "Step time is the median seconds per train step from each run's train_log.jsonl "
-         "(first logging interval left out) divided by the causal run's of the same seed; "
-         "DOT and causal 2x also take twice the steps.", "", "![results](study.png)"]
+  sources = {by[v, "step_time_rel"]["step_time_source"] for v in results}
+  if sources == {TIMED}:
+    t = results[BASELINE]["timing"]
+    how = (f"Step time is **{TIMED}**: after training, this process ran each variant's train "
+           "step (fresh parameters, one batch already on the device; no data loading) by itself, "
+           f"one variant after another, in intervals of several steps for a few seconds "
+           f"(causal: {t['intervals']} intervals of {t['steps_per_interval']} steps), and took "
+           "the minimum over intervals of seconds per step: other jobs on the machine can only "
+           "add time, and no run trained in parallel enters it. One value per variant, so no "
+           "interval; the ratio divides it by causal's.")
+  else:
+    how = (f"Step time is from the **{LOGGED}** (the variants were not all timed alone: "
+           "--timing_seconds=0): per run, the minimum seconds per step over train_log.jsonl's "
+           "logging intervals (the first left out), divided by the causal run's of the same "
+           "seed. Runs trained at once (--jobs > 1) or beside other jobs share the machine, so "
+           "these times can be confounded.")
+  md += ["", how + " DOT and causal 2x also take twice the steps.", "", "![results](study.png)"]
   if mechanism_result:
     md += ["", "## Mechanism (seed 0)", "",
            "Cosine distance between the image tokens' hidden states when the same image is asked "
@@ -349,9 +602,11 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
 
 
 def plot(results, rows, metrics, path: str) -> None:
-  """Bars: mean ± std per metric and variant; and the step-time ratios."""
+  """Bars: mean ± 95% interval per metric and variant (none with one seed); the step-time
+  ratios."""
   from mma_jax import mechanism
   by = {(r["variant"], r["metric"]): r for r in rows}
+  half = lambda r: (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_low"]) else 0.0
   variants = list(results)
   fig = mechanism.figure(figsize=(12, 4))
   ax, ax_t = fig.subplots(1, 2, width_ratios=[4, 1])
@@ -359,32 +614,36 @@ def plot(results, rows, metrics, path: str) -> None:
   x = np.arange(len(metrics))
   for n, v in enumerate(variants):
     ax.bar(x + n * width, [by[v, m]["mean"] for m in metrics], width,
-           yerr=[by[v, m]["std"] for m in metrics], label=VARIANTS[v].label, capsize=2)
+           yerr=[half(by[v, m]) for m in metrics], label=VARIANTS[v].label, capsize=2)
     t = by[v, "step_time_rel"]
-    ax_t.bar(n, t["mean"], yerr=t["std"], color=f"C{n}", capsize=2)
+    ax_t.bar(n, t["mean"], yerr=half(t), color=f"C{n}", capsize=2)
   chance = results[BASELINE]["chance"]
   ax.scatter(x + 0.4 - width / 2, [chance.get(m, np.nan) for m in metrics], marker="_", s=400,
              color="k", label="chance", zorder=3)
   ax.set_xticks(x + 0.4 - width / 2, [_short(m) for m in metrics])
-  ax.set_ylabel("test score (mean ± std over seeds)")
+  ax.set_ylabel(f"test score (mean ± {CONFIDENCE:.0%} CI over seeds)")
   ax.set_ylim(0, 1.05)
   ax.legend(fontsize=7, ncol=2)
   ax_t.axhline(1.0, color="k", lw=0.8)
   ax_t.set_xticks(range(len(variants)), variants, rotation=45, fontsize=7)
-  ax_t.set_ylabel("train-step time ÷ causal")
+  source = by[BASELINE, "step_time_rel"]["step_time_source"]
+  ax_t.set_ylabel(f"train-step time ÷ causal ({source})")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
 
 # --- the study --------------------------------------------------------------------------------
 
-def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARIANTS),
+def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARIANTS),
               steps: int | None = None, pt_steps: int | None = None,
               overrides: Mapping[str, Any] | None = None, configs_dir: str = CONFIGS_DIR,
-              mechanism_examples: int = 3, jobs: int = 1) -> dict | None:
-  """Run (or reuse) every run of the plan, then write the report.
+              mechanism_examples: int = 3, jobs: int = 1,
+              timing_seconds: float = 2.0) -> dict | None:
+  """Run (or reuse) every run of the plan, time each variant's step alone, write the report.
 
-  jobs > 1 trains that many runs at once in subprocesses (PT first, alone).
+  jobs > 1 trains that many runs at once in subprocesses (PT first, alone). timing_seconds:
+  per variant, for time_variants once all training has ended; 0 = step times from the
+  training logs instead.
 
   Returns {"results": collect(...), "rows": summarize(...), "paths": report files,
   "trained": names of the runs trained now}, or None when a run was stopped (SIGTERM).
@@ -409,6 +668,9 @@ def run_study(workdir: str, seeds: int = 3, variants: Sequence[str] = tuple(VARI
     logging.warning("Study stopped; rerun the same command to continue.")
     return None
   results = collect(runs)
+  if timing_seconds > 0:  # every subprocess has ended: nothing else of the study runs now
+    for v, t in time_variants(os.path.abspath(workdir), runs, timing_seconds).items():
+      results[v]["timing"] = t
   mech = None
   if mechanism_examples and {"mma", BASELINE} <= set(variants) and \
       runs[1].config.data.source == "shapes":
@@ -500,7 +762,8 @@ def _train_one(name: str) -> None:
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory.", required=True)
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per variant (>= 5 for the intervals and "
+                               "corrected tests to decide anything).")
 _STEPS = flags.DEFINE_integer("steps", None, "SFT steps per order (default: the SFT configs').")
 _PT_STEPS = flags.DEFINE_integer("pt_steps", None, "PT steps (default: configs/pt.py's).")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {list(VARIANTS)}.")
@@ -508,6 +771,8 @@ _CONFIGS_DIR = flags.DEFINE_string("configs_dir", CONFIGS_DIR, "Where pt.py and 
 _MECHANISM = flags.DEFINE_integer("mechanism_examples", 3, "Images for the mechanism pictures "
                                   "(0 = none).")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own process.")
+_TIMING = flags.DEFINE_float("timing_seconds", 2.0, "Seconds of train steps timed per variant "
+                              "after training, alone (0 = step times from the training logs).")
 _RUN = flags.DEFINE_string("run", None, "Train only this run of the plan (used by --jobs).")
 # --config.KEY=VALUE: typed against the base config; applied to every run (PT and SFT).
 _CONFIG = config_flags.DEFINE_config_dict(
@@ -528,8 +793,11 @@ def main(argv):
     _train_one(_RUN.value)
   if _JOBS.value < 1:
     raise app.UsageError(f"--jobs={_JOBS.value} must be at least 1.")
+  if _TIMING.value < 0:
+    raise app.UsageError(f"--timing_seconds={_TIMING.value} must be 0 (no timing) or more.")
   out = run_study(_WORKDIR.value, _SEEDS.value, _VARIANTS.value, _STEPS.value, _PT_STEPS.value,
-                  _overrides(), _CONFIGS_DIR.value, _MECHANISM.value, _JOBS.value)
+                  _overrides(), _CONFIGS_DIR.value, _MECHANISM.value, _JOBS.value,
+                  _TIMING.value)
   if out is None:
     sys.exit(1)
   with open(out["paths"]["markdown"]) as f:

@@ -1,4 +1,5 @@
-"""The ablation study: plan, reuse of finished runs, report numbers, the paired test."""
+"""The ablation study: plan, reuse of finished runs, report numbers, the paired test, the
+confidence intervals, Holm's correction and the step time timed alone."""
 import csv
 import json
 import math
@@ -31,6 +32,93 @@ def test_paired_test_matches_a_hand_computation():
   assert all(math.isnan(x) for x in study.paired_test([0.5], [0.4])[1:])  # one seed: no test
 
 
+def test_holm_matches_a_hand_computation():
+  # Sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08 -> 0.09 (monotone); 0.20 x 1.
+  assert study.holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+  # No test (NaN) is outside the family: m = 2 here; adjusted p stop at 1.
+  got = study.holm([0.5, float("nan"), 0.6])
+  assert got[0] == got[2] == 1.0 and math.isnan(got[1])
+  assert study.holm([0.02]) == [0.02] and study.holm([]) == []
+
+
+def test_confidence_interval_matches_a_hand_computation():
+  x = np.array([0.5, 0.6, 0.8])
+  # Student t with 2 degrees of freedom: F(t) = 1/2 + t / (2 sqrt(2 + t^2)) = 0.975.
+  t = 0.95 * math.sqrt(2 / (1 - 0.95 ** 2))
+  half = t * np.std(x, ddof=1) / math.sqrt(3)
+  mean, low, high = study.mean_ci(x)
+  assert mean == pytest.approx(x.mean())
+  assert (low, high) == pytest.approx((x.mean() - half, x.mean() + half), rel=1e-9)
+  assert study.mean_ci([0.3, 0.3]) == (0.3, 0.3, 0.3)
+  mean, low, high = study.mean_ci([0.7])  # one seed: no interval
+  assert mean == 0.7 and math.isnan(low) and math.isnan(high)
+
+
+def test_report_corrects_for_the_comparisons(tmp_path):
+  """Five seeds, no training: intervals and Holm-adjusted p in results.csv and report.md; the
+  verdict calls a raw p < 0.05 that does not survive the correction what it is."""
+  base = np.array([0.70, 0.72, 0.69, 0.71, 0.70])
+  scores = {"causal": base, "mma": base + [0.02, 0.01, 0.03, 0.00, 0.02],
+            "prefix": base + [0.10, 0.11, 0.10, 0.12, 0.11],
+            "dot": base + [0.03, -0.02, 0.04, 0.00, -0.01]}
+  seconds = {"causal": 0.010, "mma": 0.012, "prefix": 0.011, "dot": 0.010}
+  results = {v: {"steps": 5, "seeds": [0, 1, 2, 3, 4],
+                 "metrics": {"accuracy/all": x.tolist(), "accuracy/count": [1.0] * 5},
+                 "step_time": [seconds[v]] * 5, "chance": {"accuracy/count": 0.39}}
+             for v, x in scores.items()}
+  runs = study.plan(str(tmp_path), 5, list(scores), steps=5, pt_steps=3)
+  p = {v: study.paired_test(scores[v], base)[2] for v in ("mma", "prefix", "dot")}
+  assert p["mma"] < 0.05 and 2 * p["mma"] > 0.05 > 3 * p["prefix"]
+  # By hand: prefix is smallest (x 3), then mma (x 2), then dot (x 1).
+  want = {"prefix": 3 * p["prefix"], "mma": 2 * p["mma"], "dot": max(2 * p["mma"], p["dot"])}
+
+  paths = study.write_report(str(tmp_path), runs, results)
+  with open(paths["csv"]) as f:
+    table = {(r["variant"], r["metric"]): r for r in csv.DictReader(f)}
+  for v, x in scores.items():
+    row = table[v, "accuracy/all"]
+    _, low, high = study.mean_ci(x)
+    assert float(row["ci_low"]) == pytest.approx(low) and float(row["ci_high"]) == \
+        pytest.approx(high) and low < float(row["mean"]) < high and row["n"] == "5"
+    if v != "causal":
+      assert float(row["p_vs_causal"]) == pytest.approx(p[v])
+      assert float(row["p_holm_vs_causal"]) == pytest.approx(want[v]) and row["holm_m"] == "3"
+  assert table["mma", "accuracy/count"]["holm_m"] == "0"  # identical scores: no test
+  assert table["mma", "step_time_rel"]["step_time_source"] == "training log"
+  assert float(table["mma", "step_time_rel"]["mean"]) == pytest.approx(1.2)
+  report = open(paths["markdown"]).read()
+  mean, low, high = study.mean_ci(scores["dot"])
+  assert f"| DOT: T&I then I&T (2x steps) | 5 | {mean:.3f} ± {(high - low) / 2:.3f} |" in report
+  assert f"+0.016 (p {p['mma']:.3g} → {want['mma']:.3g})" in report
+  assert f"**+0.108 (p {p['prefix']:.3g} → {want['prefix']:.3g})**" in report
+  assert "| Holm family size m | 3 | 0 |" in report
+  assert "MMA I&T, prefix-LM I&T, DOT: T&I then I&T (2x steps)" in report  # the family
+  # Verdict family: MMA against causal, prefix and dot.
+  v_p = {o: study.paired_test(scores["mma"], scores[o])[2] for o in ("causal", "prefix", "dot")}
+  assert 3 * v_p["prefix"] < 0.05 < 2 * v_p["causal"]
+  assert (f"MMA does **not** significantly beat causal I&T: it is ahead by 0.016 overall "
+          f"accuracy with paired p = {v_p['causal']:.3g}, Holm-adjusted p = "
+          f"{2 * v_p['causal']:.3g} over 5 seeds: p < 0.05 alone, but **not significant after "
+          "correction**") in report
+  assert "Family: MMA against each of the 3 other variants on overall accuracy (3 with a test)" \
+      in report
+  assert "MMA is significantly **worse** than prefix-LM I&T" in report
+  assert "significantly beats 0 of 3 baselines" in report
+  assert "Step time is from the **training log**" in report
+
+  # Timed alone: one value per variant, used in place of the logs.
+  for v in results:
+    results[v]["timing"] = {"source": "timed alone", "seconds_per_step": seconds[v] / 2,
+                            "intervals": 9, "steps_per_interval": 4}
+  rows = {(r["variant"], r["metric"]): r for r in study.summarize(results)}
+  assert rows["mma", "step_time_rel"]["values"] == pytest.approx([1.2])
+  assert rows["mma", "step_time_s"]["values"] == [0.006]
+  assert rows["mma", "step_time_s"]["step_time_source"] == "timed alone"
+  study.write_report(str(tmp_path), runs, results)
+  report = open(paths["markdown"]).read()
+  assert "| 6.00 | 1.20 |" in report and "Step time is **timed alone**" in report
+
+
 def test_plan_and_overrides():
   runs = study.plan("/tmp/s", 2, ["causal", "dot", "causal_2x"], steps=5, pt_steps=3,
                     overrides={"optim.lr": 1e-3, "optim.freeze": ("x/.*",)})
@@ -51,7 +139,8 @@ def test_plan_and_overrides():
 
 def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
   workdir = str(tmp_path / "study")
-  kw = dict(seeds=1, variants=["causal", "mma"], steps=2, pt_steps=2, overrides=TINY)
+  kw = dict(seeds=1, variants=["causal", "mma"], steps=2, pt_steps=2, overrides=TINY,
+            timing_seconds=0.3)
   out = study.run_study(workdir, mechanism_examples=1, **kw)
   assert out["trained"] == ["pt", "causal/seed0", "mma/seed0"]
   for v in ("causal", "mma"):
@@ -61,24 +150,35 @@ def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
     assert set(study.metric_names(metrics)) <= set(rows)
     for name in study.metric_names(metrics):
       assert rows[name]["mean"] == metrics[name] and rows[name]["std"] == 0.0
+      assert math.isnan(rows[name]["ci_low"]) and math.isnan(rows[name]["ci_high"])  # 1 seed
+    timing = out["results"][v]["timing"]
+    assert timing["source"] == "timed alone" and timing["intervals"] >= 3
+    assert 0 < timing["seconds_per_step"] <= timing["median_seconds_per_step"]
+    assert rows["step_time_s"]["values"] == [timing["seconds_per_step"]]
     assert rows["step_time_rel"]["mean"] > 0
+    assert rows["step_time_rel"]["step_time_source"] == "timed alone"
   with open(out["paths"]["csv"]) as f:
     table = {(r["variant"], r["metric"]): r for r in csv.DictReader(f)}
   mma_all = out["results"]["mma"]["metrics"]["accuracy/all"][0]
   assert float(table["mma", "accuracy/all"]["mean"]) == mma_all
+  assert table["mma", "accuracy/all"]["ci_low"] == "nan"
+  assert table["mma", "step_time_rel"]["step_time_source"] == "timed alone"
   causal_all = out["results"]["causal"]["metrics"]["accuracy/all"][0]
   assert float(table["mma", "accuracy/all"]["delta_vs_causal"]) == pytest.approx(
       mma_all - causal_all)
   report = open(out["paths"]["markdown"]).read()
-  assert f"| MMA I&T | 2 | {mma_all:.3f} ± 0.000" in report
+  assert f"| MMA I&T | 2 | {mma_all:.3f} (no CI) |" in report
+  assert "With one seed there is no interval" in report
   assert "no significance test" in report and "## Mechanism" in report
+  assert "Step time is **timed alone**" in report
   assert os.path.getsize(out["paths"]["plot"]) > 0
   assert np.all(np.array(out["mechanism"]["drift"]["causal"]) == 0.0)
   assert os.path.exists(os.path.join(workdir, "mechanism", "attention_0.png"))
 
-  # Everything finished: nothing is trained again, the report is the same.
+  # Everything finished: nothing is trained or timed again, the report is the same.
   again = study.run_study(workdir, mechanism_examples=0, **kw)
   assert again["trained"] == [] and again["results"] == out["results"]
+  assert open(out["paths"]["markdown"]).read() == report.split("\n## Mechanism")[0]
 
 
 def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
@@ -86,12 +186,21 @@ def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
   finished run is reused and one with a bad config stops the study naming its log."""
   workdir = str(tmp_path / "study")
   kw = dict(seeds=2, variants=["causal", "mma"], steps=2, pt_steps=2, overrides=TINY,
-            mechanism_examples=0)
+            mechanism_examples=0, timing_seconds=0.3)
   first = study.run_study(workdir, **dict(kw, variants=["causal"], seeds=1))
   assert first["trained"] == ["pt", "causal/seed0"]
   out = study.run_study(workdir, jobs=2, **kw)
   assert sorted(out["trained"]) == ["causal/seed1", "mma/seed0", "mma/seed1"]
   assert out["results"]["causal"]["seeds"] == out["results"]["mma"]["seeds"] == [0, 1]
+  # Step times come from the timing pass, after the parallel runs ended, not from their logs;
+  # causal's, timed in the first call, is reused.
+  timing = os.path.join(workdir, "timing.json")
+  assert out["results"]["causal"]["timing"] == first["results"]["causal"]["timing"]
+  for r in study.summarize(out["results"]):
+    assert r["metric"] not in study.STEP_METRICS or r["step_time_source"] == "timed alone"
+  for run in ("mma/seed0", "mma/seed1", "causal/seed1"):
+    assert os.path.getmtime(timing) >= os.path.getmtime(
+        os.path.join(workdir, "runs", run, "results.json"))
   assert "(chance" in open(os.path.join(workdir, "runs", "mma", "seed1",
                                               "study_run.log")).read()
   # The same seed-0 causal run, so the same metrics as before.
