@@ -81,6 +81,10 @@ VARIANTS = {
     "causal_2x": Variant("sft_causal.py", 2, "causal I&T, 2x steps (DOT's control)"),
     "mma": Variant("sft_mma.py", 1, "MMA I&T"),
     "prefix": Variant("sft_prefix.py", 1, "prefix-LM I&T"),
+    # The paper's open question on multi-turn grouping: images see every turn's question. A
+    # KV cache cannot decode this (see mma_jax/masks.py): an upper bound, not a method.
+    "mma_conversation": Variant("sft_mma_conversation.py", 1,
+                                "MMA across turns (upper bound, not decodable)"),
 }
 # Set by the study for every run; an override of one of them would break the comparison.
 FIXED_KEYS = ("stage", "mask", "data.order", "init_from", "seed", "data.shuffle_seed",
