@@ -29,19 +29,22 @@ class BadRecord(ValueError):
 
 
 def check_images(record) -> list[np.ndarray]:
-  """The record's images as uint8[H, W, 3] arrays, or BadRecord."""
+  """The record's images, each as uint8[K, H, W, 3] (K = 1, or an AnyRes image's tiles: its
+  thumbnail then its tiles, mma_jax.data.images.tiles), or BadRecord."""
   images = record.get("images")
   if images is None:
     raise BadRecord(f"Record {record.get('id')!r} has no 'images' field; use [] for text-only.")
   out = []
   for n, img in enumerate(images):
     img = None if img is None else np.asarray(img)
-    if img is None or img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3 or img.size == 0:
+    if (img is None or img.dtype != np.uint8 or img.ndim not in (3, 4) or img.shape[-1] != 3
+        or img.size == 0):
       got = None if img is None else f"{img.dtype}{list(img.shape)}"
       raise BadRecord(f"Record {record.get('id')!r}: image {n} is missing or corrupt (got {got}); "
-                      "expected uint8[H, W, 3]. Fix or drop the record, or set "
-                      "config.data.skip_bad_records=True to skip such records with a count.")
-    out.append(img)
+                      "expected uint8[H, W, 3] (or [tiles, H, W, 3]). Fix or drop the record, "
+                      "or set config.data.skip_bad_records=True to skip such records with a "
+                      "count.")
+    out.append(img if img.ndim == 4 else img[None])
   return out
 
 
@@ -76,20 +79,23 @@ class _Pieces:
   def encode(self, tok: Tokenizer, tokens_per_image: int, images, image_size, record_id):
     enc = tok.tok.encode("".join(self.text), add_special_tokens=False)
     tokens, modality, role, turn = [], [], [], []
+    tiles = iter([len(image) for image in images])  # per placeholder, in order
     for token, (begin, end) in zip(enc.ids, enc.offsets):
       r, t, m = self.meta[bisect.bisect_right(self.starts, max(end - 1, begin)) - 1]
       if m:
         if token != tok.image_id:
           raise BadRecord(f"Record {record_id!r}: the tokenizer splits the image placeholder "
                           f"{tok.template.image!r}; add it as a special token.")
-        tokens += [token] * tokens_per_image
-        modality += [m] * tokens_per_image
-        role += [r] * tokens_per_image
-        turn += [t] * tokens_per_image
+        n = tokens_per_image * next(tiles, 1)  # an AnyRes image: every tile, one media span
+        tokens += [token] * n
+        modality += [m] * n
+        role += [r] * n
+        turn += [t] * n
       else:
         tokens.append(token); modality.append(0); role.append(r); turn.append(t)
     n = len(tokens)
-    imgs = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+    imgs = (np.concatenate(images) if images
+            else np.zeros((0, image_size, image_size, 3), np.uint8))
     return {"tokens": np.array(tokens, np.int32), "modality": np.array(modality, np.int32),
             "role": np.array(role, np.int32), "turn": np.array(turn, np.int32),
             "positions": np.arange(n, dtype=np.int32), "images": imgs}
