@@ -1,7 +1,8 @@
 """Answer questions about an image with a converted (or trained) checkpoint, batched.
 
   python -m mma_jax.infer --model DIR --image photo.jpg --question "What is this?" \
-      --question "How many people are there?" [--mask mma] [--max_new_tokens 64]
+      --question "How many people are there?" [--mask mma] [--max_new_tokens 64] \
+      [--grids 1x2,2x1,2x2]   # AnyRes: the image as a thumbnail + the best grid's tiles
 
 DIR is a directory written by `python -m mma_jax.convert` (model.json, params/, tokenizer.json).
 Every question is asked about the same image in one batch (one compiled decode).
@@ -36,7 +37,8 @@ def load(directory: str):
 
 def answer(model, params, tok: vocab.Tokenizer, image: np.ndarray, questions: Sequence[str],
            kind: str = "mma", max_new_tokens: int = 64, order: str = "I&T") -> list[str]:
-  """Greedy answers to each question about image uint8[H, W, 3] (already at the model's size)."""
+  """Greedy answers to each question about image uint8[H, W, 3] at the model's size, or its
+  AnyRes tiles uint8[K, size, size, 3] (mma_jax.data.images.tiles)."""
   tpi, size = model.cfg.tokens_per_image, model.cfg.vision.image_size
   examples = []
   for i, q in enumerate(questions):
@@ -47,7 +49,8 @@ def answer(model, params, tok: vocab.Tokenizer, image: np.ndarray, questions: Se
                                  image_size=size), None, None))
   length = max(len(ex["tokens"]) for ex, _, _ in examples)
   prompt, _, _ = next(prompts.prompt_batches(
-      examples, batch_size=len(examples), prompt_length=length, max_images=1, image_size=size))
+      examples, batch_size=len(examples), prompt_length=length,
+      max_images=max(len(ex["images"]) for ex, _, _ in examples), image_size=size))
   tokens, lengths = decode.generate(model, {"params": params}, prompt, kind=kind,
                                     max_new_tokens=max_new_tokens, eos_id=tok.stop_ids,
                                     pad_id=tok.pad_id)
@@ -62,13 +65,16 @@ flags.DEFINE_multi_string("question", None, "a question (repeat for several; one
 flags.DEFINE_string("mask", "", "mask kind at prefill: causal | mma | prefix (default: mma for "
                     "AKI, causal otherwise)")
 flags.DEFINE_integer("max_new_tokens", 64, "answer length limit")
+flags.DEFINE_list("grids", [], "AnyRes: tile grids ROWSxCOLS to choose from, e.g. 1x2,2x1,2x2 "
+                  "(default: one image at the tower's size)")
 
 
 def main(argv):
   del argv
   model, params, tok, meta = load(FLAGS.model)
   kind = FLAGS.mask or ("mma" if meta.get("template") == "aki" else "causal")
-  image = images.load(FLAGS.image, model.cfg.vision.image_size)
+  grids = tuple(tuple(int(n) for n in g.lower().split("x")) for g in FLAGS.grids)
+  image = images.load(FLAGS.image, model.cfg.vision.image_size, grids)
   for q, a in zip(FLAGS.question, answer(model, params, tok, image, FLAGS.question, kind,
                                          FLAGS.max_new_tokens)):
     print(f"Q: {q}\nA: {a}\n")

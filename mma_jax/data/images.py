@@ -74,10 +74,10 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
   return pixels.astype(np.float32) / 127.5 - 1.0
 
 
-def load(path: str, size: int) -> np.ndarray:
-  """An image file -> uint8[size, size, 3]; errors name the file."""
+def load(path: str, size: int, grids=()) -> np.ndarray:
+  """An image file -> prepare(image, size, grids); errors name the file."""
   try:
     with Image.open(path) as img:
-      return resize(img, size)
+      return prepare(img, size, grids)
   except (OSError, ValueError) as e:
     raise ValueError(f"Cannot read image {path!r}: {e}") from None

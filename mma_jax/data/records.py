@@ -127,8 +127,9 @@ def from_stored(raw: dict) -> dict:
           "task_type": text(raw["task_type"])}
 
 
-def with_pixels(record: dict, size: int, stage: str) -> dict:
-  """The record with its images decoded to uint8[size, size, 3] for chat.encode.
+def with_pixels(record: dict, size: int, stage: str, grids=()) -> dict:
+  """The record with its images decoded to uint8[size, size, 3] for chat.encode (AnyRes
+  `grids`: each image's tiles, uint8[K, size, size, 3]).
 
   Raises chat.BadRecord (skippable with config.data.skip_bad_records) naming the record for an
   undecodable image or a record of the wrong kind for the stage.
@@ -142,7 +143,7 @@ def with_pixels(record: dict, size: int, stage: str) -> dict:
   images = []
   for path, data in zip(record["image"], record["images"], strict=True):
     try:
-      images.append(images_lib.resize(data, size))
+      images.append(images_lib.prepare(data, size, grids))
     except Exception as e:  # pylint: disable=broad-except
       raise chat.BadRecord(
           f"Record {record['id']!r}: image {path!r} cannot be decoded ({type(e).__name__}: {e}). "

@@ -30,9 +30,11 @@ def split_table(task, split: str) -> tuple[Table, Callable[[int], dict]]:
   return table, lambda i: task.with_pixels(records[i])
 
 
-def tsv_record(table: Table, bench: scoring.Benchmark, image_size: int, i: int) -> dict:
-  """Row i as a normalized record: one human turn of images + the benchmark's prompt."""
-  images = vlmeval_tsv.images(table, i, image_size)
+def tsv_record(table: Table, bench: scoring.Benchmark, image_size: int, i: int,
+               grids=()) -> dict:
+  """Row i as a normalized record: one human turn of images (AnyRes `grids`: tiled) + the
+  benchmark's prompt."""
+  images = vlmeval_tsv.images(table, i, image_size, grids)
   question = (chat.IMAGE_TAG + "\n") * len(images) + bench.build_prompt(table.rows[i])
   return {"id": table.rows[i]["index"], "images": images,
           "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": ""}]}

@@ -123,17 +123,18 @@ def _cell_list(value: str) -> list[str]:
   return [value] if value else []
 
 
-def images(table: Table, i: int, size: int) -> list[np.ndarray]:
+def images(table: Table, i: int, size: int, grids=()) -> list[np.ndarray]:
   """Row i's images as uint8[size, size, 3] arrays ([] when the row has none), or BadTableRow.
 
-  Preprocessing is mma_jax.data.images.resize: RGB, bicubic to a square (as AKI / SigLIP)."""
+  Preprocessing is mma_jax.data.images.prepare: RGB, bicubic to a square (as AKI / SigLIP), or
+  with AnyRes `grids` each image's tiles uint8[K, size, size, 3]."""
   row = table.rows[i]
   try:
     if "image" in table.columns:
       cell = row["image"].strip()
       if cell and len(cell) <= REFERENCE_MAX_CHARS:
         cell = table.image_cells[cell]
-      return [images_lib.resize(base64.b64decode(b, validate=True), size)
+      return [images_lib.prepare(base64.b64decode(b, validate=True), size, grids)
               for b in _cell_list(cell)]
     if "image_path" in table.columns:
       root = os.path.dirname(table.path)
@@ -141,7 +142,7 @@ def images(table: Table, i: int, size: int) -> list[np.ndarray]:
       for p in paths:
         if not os.path.isfile(p):
           raise FileNotFoundError(f"the image file {p} does not exist")
-      return [images_lib.load(p, size) for p in paths]
+      return [images_lib.load(p, size, grids) for p in paths]
     return []
   except (binascii.Error, OSError, ValueError, SyntaxError) as e:
     raise BadTableRow(f"{table.where(i)}: cannot read the image ({type(e).__name__}: {e}). Fix "
