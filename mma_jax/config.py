@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from mma_jax.data.shapes import generate
 from mma_jax.evaluate import scoring
 from mma_jax.models import presets
 from mma_jax.models.configs import REMAT_POLICIES
@@ -31,9 +32,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.validation_size = 200
   c.data.test_size = 600     # records: validation/test_size = the most evaluated per source
   c.data.seed = 0            # the benchmark's generator seed
+  c.data.difficulty = "easy" # shapes: 'easy' | 'hard' (4 x 4 grid, distractors; best at 64 px)
   c.data.order = "I&T"       # 'I&T' | 'T&I' | 'DOT' (T&I steps, then the same steps in I&T)
   c.data.pack_length = 160   # tokens per training row
-  c.data.max_images = 4      # image slots per training row
+  c.data.max_images = 4      # image slots per training row (AnyRes: each tile takes one)
+  # AnyRes: ((rows, cols), ...) tile grids to choose from per image, e.g. ((1, 2), (2, 1),
+  # (2, 2)); () = one image at the tower's size. render_size: the shapes benchmark's images in
+  # pixels (0 = the tower's size), e.g. 64 with a 32 px tower to give tiling something to do.
+  c.data.anyres_grids = ()
+  c.data.render_size = 0
   c.data.packing = True      # False: one example per row, padded
   c.data.skip_bad_records = False
   c.data.pt_prompt = ""      # PT: an instruction after the images (prompt text, so under mask
@@ -111,6 +118,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.mask in KINDS, "mask", f"use one of {KINDS}")
   need(c.data.order in ORDERS, "data.order", f"use one of {ORDERS}")
   need(c.data.source in DATA_SOURCES, "data.source", f"use one of {DATA_SOURCES}")
+  need(c.data.difficulty in generate.DIFFICULTIES, "data.difficulty",
+       f"use one of {generate.DIFFICULTIES}")
   need(c.data.source != "records" or c.data.mixture.strip(), "data.mixture",
        "data.source='records' needs the imported sources, e.g. 'aki_sft' or 'NAME=1'")
   need(c.train.steps > 0, "train.steps", "must be positive")

@@ -16,15 +16,16 @@ import jax
 from absl import logging
 
 from mma_jax import distributed
-from mma_jax.data import chat, mixture, pipeline, records, tfds_records, vocab
+from mma_jax.data import chat, images, mixture, pipeline, records, tfds_records, vocab
 from mma_jax.data.shapes import builder as shapes_builder
 
 
-def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
-  """config.data.tokenizer (a tokenizer.json; '' = the shapes one) used with chat template
-  config.data.template (mma_jax.data.templates)."""
+def load_tokenizer(path: str, template: str = "shapes",
+                   difficulty: str = "easy") -> vocab.Tokenizer:
+  """config.data.tokenizer (a tokenizer.json; '' = the shapes one of config.data.difficulty)
+  used with chat template config.data.template (mma_jax.data.templates)."""
   if not path:
-    return vocab.shapes_tokenizer()
+    return vocab.shapes_tokenizer(difficulty)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.data.tokenizer={path!r} does not exist; give the path of a "
                             "tokenizer.json, or '' for the built-in shapes tokenizer.")
@@ -35,9 +36,15 @@ def load_tokenizer(path: str, template: str = "shapes") -> vocab.Tokenizer:
                      f"{template!r}: {e}") from None
 
 
-def _decoded_then(encode, image_size: int, stage: str, record):
+def _decoded_then(encode, image_size: int, stage: str, grids, record):
   """Imported record -> chat.encode's example: images decoded inside the skippable step."""
-  return encode(records.with_pixels(record, image_size, stage))
+  return encode(records.with_pixels(record, image_size, stage, grids))
+
+
+def _prepared_then(encode, image_size: int, grids, record):
+  """Shapes record rendered at another size, or AnyRes: its images as the model sees them."""
+  return encode(dict(record, images=[images.prepare(im, image_size, grids)
+                                     for im in record["images"]]))
 
 
 class Task:
@@ -47,7 +54,11 @@ class Task:
     self.config = config
     d = config.data
     self.image_size = config.model.vision.image_size
-    self.tokenizer = load_tokenizer(d.tokenizer, d.template)
+    # AnyRes: an image becomes a thumbnail + the best grid's tiles (mma_jax.data.images.tiles)
+    self.grids = tuple(tuple(int(n) for n in g) for g in d.anyres_grids)
+    # The shapes benchmark may be rendered larger than the tower's input (for tiling).
+    self.render_size = d.render_size or self.image_size
+    self.tokenizer = load_tokenizer(d.tokenizer, d.template, d.get("difficulty", "easy"))
     self.skips = pipeline.SkipCounter()
     self.builder = None
     if d.source == "records":
@@ -56,7 +67,8 @@ class Task:
       data_dir = d.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "mma_jax_data")
       self.builder = distributed.process_zero_first(lambda: shapes_builder.builder(
           data_dir, train_size=d.train_size, validation_size=d.validation_size,
-          test_size=d.test_size, seed=d.seed, image_size=self.image_size))
+          test_size=d.test_size, seed=d.seed, image_size=self.render_size,
+          difficulty=d.get("difficulty", "easy")))
 
   def source(self, split: str):
     """Random-access records of a split (decoded lazily); for 'records', the training mixture
@@ -75,9 +87,12 @@ class Task:
                                tokens_per_image=tokens_per_image, order=order,
                                stage=self.config.stage, image_size=self.image_size,
                                pt_prompt=self.config.data.pt_prompt)
-    if self.builder is not None:
-      return encode
-    return functools.partial(_decoded_then, encode, self.image_size, self.config.stage)
+    if self.builder is None:
+      return functools.partial(_decoded_then, encode, self.image_size, self.config.stage,
+                               self.grids)
+    if self.grids or self.render_size != self.image_size:
+      return functools.partial(_prepared_then, encode, self.image_size, self.grids)
+    return encode
 
   def train_iterator(self, order: str, tokens_per_image: int):
     """A checkpointable iterator of training batches in the given order ('I&T' or 'T&I')."""
@@ -117,7 +132,11 @@ class Task:
 
   def with_pixels(self, record: dict) -> dict:
     """An evaluation record ready for chat.encode: imported records get their images decoded
-    (chat.BadRecord names an undecodable one); the shapes records already are."""
-    if self.builder is not None:
-      return record
-    return records.with_pixels(record, self.image_size, "sft")
+    (chat.BadRecord names an undecodable one); the shapes records already are, unless they
+    are rendered at another size or tiled (AnyRes)."""
+    if self.builder is None:
+      return records.with_pixels(record, self.image_size, "sft", self.grids)
+    if self.grids or self.render_size != self.image_size:
+      return dict(record, images=[images.prepare(im, self.image_size, self.grids)
+                                  for im in record["images"]])
+    return record

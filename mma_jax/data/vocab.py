@@ -82,9 +82,10 @@ def add_image_tokens(tok: tokenizers.Tokenizer, template: templates.Template) ->
   return missing
 
 
-def shapes_tokenizer() -> Tokenizer:
-  """Word-level tokenizer over the benchmark's words; specials first (<pad> = 0)."""
-  words = list(SPECIALS) + [w for w in generate.vocabulary() if w not in SPECIALS]
+def shapes_tokenizer(difficulty: str = "easy") -> Tokenizer:
+  """Word-level tokenizer over the benchmark's words; specials first (<pad> = 0). The hard
+  benchmark's has more words (a superset), so its ids are not the easy one's."""
+  words = list(SPECIALS) + [w for w in generate.vocabulary(difficulty) if w not in SPECIALS]
   tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
                                               unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -173,7 +173,7 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
     table, orphans = read_benchmark(bench, data, config.eval.skip_bad_rows, counter)
     if bench.circular:
       extra["dropped_circular_copies"] = orphans
-    record_of = lambda i: prompts.tsv_record(table, bench, task.image_size, i)
+    record_of = lambda i: prompts.tsv_record(table, bench, task.image_size, i, task.grids)
   tokens_per_image = model.cfg.tokens_per_image
   encode = chat.prompt_encoder(task.tokenizer, tokens_per_image, eval_order(config.data.order),
                                task.image_size)

@@ -412,9 +412,11 @@ def gqa_metrics(rows: Sequence[Row]) -> dict[str, float]:
 
 def shapes_score(predictions: Sequence[str], answers: Sequence[str], types: Sequence[str],
                  chance: Mapping[str, float]) -> dict[str, float]:
-  """Exact-match accuracy per question type and overall, yes/no F1 on 'exist', chance levels.
+  """Exact-match accuracy per question type and overall, yes/no F1 on 'exist' (and on each
+  'exist_*' type), chance levels.
 
-  Returns a flat dict: accuracy/<type>, chance/<type>, accuracy/all, f1/exist (positive = yes).
+  Returns a flat dict: accuracy/<type>, chance/<type>, accuracy/all, f1/exist and
+  yes_rate/exist (positive = yes; likewise per exist_* type).
   """
   hits = collections.defaultdict(list)
   for pred, ans, qtype in zip(predictions, answers, types, strict=True):
@@ -422,14 +424,15 @@ def shapes_score(predictions: Sequence[str], answers: Sequence[str], types: Sequ
   out = {f"accuracy/{t}": float(np.mean(h)) for t, h in sorted(hits.items())}
   out.update({f"chance/{t}": float(chance[t]) for t in sorted(hits) if t in chance})
   out["accuracy/all"] = float(np.mean([x for h in hits.values() for x in h])) if hits else 0.0
-  exist = [(normalize(p), normalize(a)) for p, a, t in zip(predictions, answers, types)
-           if t == "exist"]
-  if exist:
+  # POPE-style F1 and yes rate per existence type (the hard benchmark has exist_<negatives>).
+  for kind in sorted(t for t in hits if t == "exist" or t.startswith("exist_")):
+    exist = [(normalize(p), normalize(a)) for p, a, t in zip(predictions, answers, types)
+             if t == kind]
     tp = sum(p == "yes" and a == "yes" for p, a in exist)
     fp = sum(p == "yes" and a != "yes" for p, a in exist)
     fn = sum(p != "yes" and a == "yes" for p, a in exist)
-    out["f1/exist"] = 2 * tp / max(2 * tp + fp + fn, 1)
-    out["yes_rate/exist"] = float(np.mean([p == "yes" for p, _ in exist]))
+    out[f"f1/{kind}"] = 2 * tp / max(2 * tp + fp + fn, 1)
+    out[f"yes_rate/{kind}"] = float(np.mean([p == "yes" for p, _ in exist]))
   return out
 
 

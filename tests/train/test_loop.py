@@ -20,6 +20,7 @@ import pytest
 from mma_jax import config as config_lib
 from mma_jax import tokens
 from mma_jax.data import chat, pipeline, vocab
+from mma_jax.data import task as task_lib
 from mma_jax.data.shapes import generate
 from mma_jax.models import vlm
 from mma_jax.train import optimizer
@@ -277,3 +278,21 @@ def test_lora_trains_adapters_alone_checkpoints_them_and_resumes(data_dir, tmp_p
   # The evaluate command's path (base from init_from + the adapters) scores the same.
   results = runner.run(c, workdir, "shapes", out=str(tmp_path / "eval"))
   assert results["metrics"]["accuracy/all"] == pytest.approx(metrics["accuracy/all"])
+
+
+def test_anyres_trains_and_evaluates_on_the_built_in_data(data_dir, tmp_path):
+  """The shapes benchmark rendered at twice the tower's size, each image tiled (AnyRes): the
+  main path trains and evaluates, every image being a thumbnail + its grid's tiles."""
+  c = small_config(str(tmp_path / "data"), steps=1)
+  c.data.update(render_size=32, anyres_grids=((1, 2), (2, 1), (2, 2)), max_images=10,
+                pack_length=128)
+  c.eval.update(max_images=10, prompt_length=96)
+  task = task_lib.Task(c, str(tmp_path / "run"))
+  record = next(iter(task.source("train")))
+  assert record["images"][0].shape == (32, 32, 3)  # rendered at 32 px
+  ex = task._record_encode(4, "I&T")(record)  # pylint: disable=protected-access
+  tiles_per_image = 1 + 4  # a square image: the 2 x 2 grid, after the thumbnail
+  assert ex["images"].shape == (tiles_per_image * len(record["images"]), 16, 16, 3)
+  assert np.sum(ex["modality"] == 1) == 4 * tiles_per_image * len(record["images"])
+  metrics = train_and_evaluate(c, str(tmp_path / "run"))
+  assert "accuracy/all" in metrics

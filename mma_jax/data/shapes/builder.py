@@ -12,19 +12,24 @@ from mma_jax.data.shapes import generate
 
 
 class ShapesConfig(tfds.core.BuilderConfig):
-  """Sizes and generator seed; the name encodes them so different sizes never share files."""
+  """Sizes, generator seed and difficulty; the name encodes them so they never share files (the
+  easy benchmark keeps its original names, the hard one's start with 'hard_')."""
 
   def __init__(self, *, train_size: int, validation_size: int, test_size: int, seed: int,
-               image_size: int):
-    super().__init__(name=f"s{seed}_px{image_size}_n{train_size}-{validation_size}-{test_size}",
-                     version=tfds.core.Version("1.0.0"))
+               image_size: int, difficulty: str = "easy"):
+    prefix = "" if generate.check_difficulty(difficulty) == "easy" else f"{difficulty}_"
+    super().__init__(
+        name=f"{prefix}s{seed}_px{image_size}_n{train_size}-{validation_size}-{test_size}",
+        version=tfds.core.Version("1.0.0"))
     self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
     self.seed = seed
     self.image_size = image_size
+    self.difficulty = difficulty
 
 
 class MmaShapes(tfds.core.GeneratorBasedBuilder):
-  """Coloured shapes with captions and six question types (see mma_jax.data.shapes.generate)."""
+  """Coloured shapes with captions and question types per difficulty (easy: six, hard: seven; see
+  mma_jax.data.shapes.generate)."""
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -45,19 +50,20 @@ class MmaShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split):
     cfg = self.builder_config
     for i in range(cfg.sizes[split]):
-      r = generate.make_example(cfg.seed, split, i, cfg.image_size)
+      r = generate.make_example(cfg.seed, split, i, cfg.image_size, cfg.difficulty)
       yield i, dict(r, images=np.stack(r["images"]), conversations=json.dumps(r["conversations"]))
 
 
 def builder(data_dir: str, *, train_size: int, validation_size: int, test_size: int,
-            seed: int = 0, image_size: int = 32) -> MmaShapes:
-  """The builder, prepared (ArrayRecord files written) once per data_dir and size."""
+            seed: int = 0, image_size: int = 32, difficulty: str = "easy") -> MmaShapes:
+  """The builder, prepared (ArrayRecord files written) once per data_dir, size and difficulty."""
   cfg = ShapesConfig(train_size=train_size, validation_size=validation_size,
-                     test_size=test_size, seed=seed, image_size=image_size)
+                     test_size=test_size, seed=seed, image_size=image_size, difficulty=difficulty)
   b = MmaShapes(config=cfg, data_dir=data_dir, file_format="array_record")
   if not b.is_prepared():
-    logging.info("Writing the shapes benchmark (%d / %d / %d train / validation / test records, "
-                 "%d px) to %s.", train_size, validation_size, test_size, image_size, b.data_dir)
+    logging.info("Writing the %s shapes benchmark (%d / %d / %d train / validation / test "
+                 "records, %d px) to %s.", difficulty, train_size, validation_size, test_size,
+                 image_size, b.data_dir)
     if not logs.verbose():
       tfds.disable_progress_bar()
     with logs.quiet_stdout():

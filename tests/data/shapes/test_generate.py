@@ -1,6 +1,10 @@
 """The built-in shapes benchmark."""
+import hashlib
+import json
+
 import numpy as np
 
+from mma_jax.data import vocab
 from mma_jax.data.shapes import generate
 
 
@@ -38,3 +42,26 @@ def test_chance_is_the_majority_answer_rate():
   recs = [{"question_type": "exist", "conversations": [{}, {"value": v}]}
           for v in ["yes", "yes", "no", "yes"]]
   assert generate.chance(recs) == {"exist": 0.75}
+
+
+def test_easy_benchmark_is_unchanged():
+  """The default (easy) records and tokenizer, bit for bit. The digests were computed with this
+  same code from the generator and tokenizer as they were before the hard variant was added
+  (commit f08706d), so adding difficulties cannot have moved a single record, pixel or id."""
+  h = hashlib.sha256()
+  for seed in (0, 3):
+    for split in ("train", "validation", "test"):
+      for i in range(12):
+        for size in (16, 32):
+          r = generate.make_example(seed, split, i, size)
+          h.update(json.dumps({k: v for k, v in r.items() if k != "images"},
+                              sort_keys=True).encode())
+          for img in r["images"]:
+            h.update(np.ascontiguousarray(img).tobytes())
+  assert h.hexdigest() == "d0031f0221cc4133a60d6622669e76aadfff2b16af040e8152c621b43e0ccfcd"
+  ids = sorted(vocab.shapes_tokenizer().tok.get_vocab().items(), key=lambda x: x[1])
+  assert len(ids) == 58
+  assert hashlib.sha256(json.dumps(ids).encode()).hexdigest() == (
+      "4048de4aef7800079865e95f1322e33403f124f40fefba767e1b541edb044b5f")
+  assert hashlib.sha256(" ".join(generate.vocabulary()).encode()).hexdigest() == (
+      "69a5f5f305747aa97e2141e42534d066e01f1bf6e9ba9ffad3ee46ccd6cf31d3")
