@@ -13,93 +13,118 @@ DATA_SOURCES = ("shapes", "records")
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """The run config every configs/*.py starts from; one section per concern below."""
   c = ml_collections.ConfigDict()
   c.stage = "sft"            # 'pt' (captions) or 'sft' (conversations)
   c.mask = "mma"             # 'causal' | 'mma' | 'prefix'
   c.init_from = ""           # PT workdir (or checkpoint dir) to start SFT from; '' = scratch
   c.seed = 0
   c.model = presets.model("tiny")
+  c.data = _data()
+  c.lora = _lora()
+  c.optim = _optim()
+  c.train = _train()
+  c.eval = _eval()
+  c.mesh = _mesh()
+  return c
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "shapes"   # 'shapes' (built-in benchmark) | 'records' (imported, see mixture)
-  c.data.dir = ""            # TFDS data_dir; '' = <workdir>/../mma_jax_data shared by runs;
-                             # records: the root the mixture's names are relative to
-  c.data.mixture = ""        # records: 'NAME=WEIGHT,...' or a preset ('aki_sft'); data/mixture.py
-  c.data.tokenizer = ""      # path to a tokenizer.json; '' = the shapes benchmark's word tokenizer
-  c.data.template = "shapes" # chat template of that tokenizer: shapes | aki | llama3 | llama3.1 |
-                             # qwen2.5 | phi3.5 (templates.py)
-  c.data.train_size = 6000
-  c.data.validation_size = 200
-  c.data.test_size = 600     # records: validation/test_size = the most evaluated per source
-  c.data.seed = 0            # the benchmark's generator seed
-  c.data.difficulty = "easy" # shapes: 'easy' | 'hard' (4 x 4 grid, distractors; best at 64 px)
-  c.data.order = "I&T"       # 'I&T' | 'T&I' | 'DOT' (T&I steps, then the same steps in I&T)
-  c.data.pack_length = 160   # tokens per training row
-  c.data.max_images = 4      # image slots per training row (AnyRes: each tile takes one)
+
+def _data() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.source = "shapes"   # 'shapes' (built-in benchmark) | 'records' (imported, see mixture)
+  d.dir = ""            # TFDS data_dir; '' = <workdir>/../mma_jax_data shared by runs;
+                        # records: the root the mixture's names are relative to
+  d.mixture = ""        # records: 'NAME=WEIGHT,...' or a preset ('aki_sft'); data/mixture.py
+  d.tokenizer = ""      # path to a tokenizer.json; '' = the shapes benchmark's word tokenizer
+  d.template = "shapes" # chat template of that tokenizer: shapes | aki | llama3 | llama3.1 |
+                        # qwen2.5 | phi3.5 (templates.py)
+  d.train_size = 6000
+  d.validation_size = 200
+  d.test_size = 600     # records: validation/test_size = the most evaluated per source
+  d.seed = 0            # the benchmark's generator seed
+  d.difficulty = "easy" # shapes: 'easy' | 'hard' (4 x 4 grid, distractors; best at 64 px)
+  d.order = "I&T"       # 'I&T' | 'T&I' | 'DOT' (T&I steps, then the same steps in I&T)
+  d.pack_length = 160   # tokens per training row
+  d.max_images = 4      # image slots per training row (AnyRes: each tile takes one)
   # AnyRes: ((rows, cols), ...) tile grids to choose from per image, e.g. ((1, 2), (2, 1),
   # (2, 2)); () = one image at the tower's size. render_size: the shapes benchmark's images in
   # pixels (0 = the tower's size), e.g. 64 with a 32 px tower to give tiling something to do.
-  c.data.anyres_grids = ()
-  c.data.render_size = 0
-  c.data.packing = True      # False: one example per row, padded
-  c.data.skip_bad_records = False
-  c.data.pt_prompt = ""      # PT: an instruction after the images (prompt text, so under mask
-                             # 'mma' the images see it), e.g. "what is there ?"; '' = none
-  c.data.shuffle_seed = 0
-  c.data.prefetch = 2        # batches prefetched by a background thread; 0 = none
+  d.anyres_grids = ()
+  d.render_size = 0
+  d.packing = True      # False: one example per row, padded
+  d.skip_bad_records = False
+  d.pt_prompt = ""      # PT: an instruction after the images (prompt text, so under mask
+                        # 'mma' the images see it), e.g. "what is there ?"; '' = none
+  d.shuffle_seed = 0
+  d.prefetch = 2        # batches prefetched by a background thread; 0 = none
+  return d
 
+
+def _lora() -> ml_collections.ConfigDict:
   # LoRA: low-rank adapters on the kernels whose module paths end with a full match of a target
   # regex; rank 0 = off. With adapters, only they train (optim.freeze is not needed).
-  c.lora = ml_collections.ConfigDict()
-  c.lora.rank = 0
-  c.lora.alpha = 16.0
-  c.lora.llm_targets = ("layers/(q|k|v|o|gate|up|down)",)
-  c.lora.vision_targets = ()   # e.g. ("layers/(q|k|v|o|fc1|fc2)",) to adapt the tower too
+  l = ml_collections.ConfigDict()
+  l.rank = 0
+  l.alpha = 16.0
+  l.llm_targets = ("layers/(q|k|v|o|gate|up|down)",)
+  l.vision_targets = ()   # e.g. ("layers/(q|k|v|o|fc1|fc2)",) to adapt the tower too
+  return l
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 3e-3
-  c.optim.warmup_steps = 100
-  c.optim.min_lr_ratio = 0.05
-  c.optim.weight_decay = 1e-4
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.clip_norm = 1.0
-  c.optim.freeze = ("vision/.*",)   # regexes, full match on 'vision/layers/q/kernel'-style paths
+
+def _optim() -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
+  o.lr = 3e-3
+  o.warmup_steps = 100
+  o.min_lr_ratio = 0.05
+  o.weight_decay = 1e-4
+  o.b1 = 0.9
+  o.b2 = 0.98
+  o.clip_norm = 1.0
+  o.freeze = ("vision/.*",)   # regexes, full match on 'vision/layers/q/kernel'-style paths
   # Per-group peak lr and weight decay: ((name, regex, lr, weight_decay), ...), first full match
   # wins, e.g. (("vision", "vision/.*", 2e-6, 0.0),) with freeze=() tunes the vision tower slowly.
-  c.optim.groups = ()
+  o.groups = ()
   # Frozen parameters stored in this dtype ('' = float32): 'bfloat16' halves their memory
   # (LoRA's base weights); the trained ones stay float32.
-  c.optim.frozen_dtype = ""
+  o.frozen_dtype = ""
+  return o
 
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 1200       # per order; DOT runs twice as many
-  c.train.batch_size = 16
-  c.train.grad_accum = 1     # micro-batches per step (batch_size must divide)
-  c.train.log_every = 50
-  c.train.checkpoint_every = 500
-  c.train.keep = 2
-  c.train.async_checkpoint = True
-  c.train.eval_every = 0     # validation every N steps; 0 = only the final test evaluation
-  c.train.peak_flops = 0.0   # per device, for MFU; 0 = unknown (not reported)
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 50
-  c.eval.max_new_tokens = 3
-  c.eval.prompt_length = 112
-  c.eval.max_images = 2
-  c.eval.skip_bad_rows = False  # benchmark TSV rows that cannot be read: False = error
+def _train() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.steps = 1200       # per order; DOT runs twice as many
+  t.batch_size = 16
+  t.grad_accum = 1     # micro-batches per step (batch_size must divide)
+  t.log_every = 50
+  t.checkpoint_every = 500
+  t.keep = 2
+  t.async_checkpoint = True
+  t.eval_every = 0     # validation every N steps; 0 = only the final test evaluation
+  t.peak_flops = 0.0   # per device, for MFU; 0 = unknown (not reported)
+  return t
+
+
+def _eval() -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  e.batch_size = 50
+  e.max_new_tokens = 3
+  e.prompt_length = 112
+  e.max_images = 2
+  e.skip_bad_rows = False  # benchmark TSV rows that cannot be read: False = error
   # VLMEvalKit benchmarks scored at every evaluation, through the evaluate CLI's own path:
   # 'pope,mme=/data/MME.tsv' (name or name=TSV; no path = $LMUData/<VLMEvalKit name>.tsv).
-  c.eval.benchmarks = ""
-  c.eval.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.evaluate.scoring.RULES)
+  e.benchmarks = ""
+  e.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.evaluate.scoring.RULES)
+  return e
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+
+def _mesh() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
   # (logical name, mesh axes) pairs overriding mma_jax.sharding.DEFAULT_RULES, e.g.
   # (("embed", None),) keeps weights unsharded on fsdp (plain data parallelism on that axis).
-  c.mesh.rules = ()
-  return c
+  m.rules = ()
+  return m
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

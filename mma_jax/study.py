@@ -506,28 +506,51 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
   paths = {"markdown": os.path.join(workdir, "report.md"),
            "csv": os.path.join(workdir, "results.csv"),
            "plot": os.path.join(workdir, "study.png")}
+  _write_csv(paths["csv"], rows)
+  metrics = metric_names(results[BASELINE]["metrics"])
+  by = {(r["variant"], r["metric"]): r for r in rows}
+  md = (_setup_lines(runs, len(results[BASELINE]["seeds"]))
+        + _accuracy_table(results, by, metrics) + _difference_table(results, by, metrics)
+        + ["", "## Verdict", ""] + _verdict(results)
+        + ["", _step_time_note(results, by) + " DOT and causal 2x also take twice the steps.",
+           "", "![results](study.png)"]
+        + _mechanism_lines(mechanism_result))
+  with open(paths["markdown"], "w") as f:
+    f.write("\n".join(md) + "\n")
+  plot(results, rows, metrics, paths["plot"])
+  return paths
+
+
+def _write_csv(path: str, rows: Sequence[dict]) -> None:
   fields = ["variant", "label", "steps", "metric", "n", "mean", "std", "values",
             "delta_vs_causal", "p_vs_causal", "ci_low", "ci_high", "p_holm_vs_causal", "holm_m",
             "step_time_source"]
-  with open(paths["csv"], "w", newline="") as f:
+  with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
     for r in rows:
       w.writerow(dict(r, values=";".join(repr(x) for x in r["values"])))
-  metrics = metric_names(results[BASELINE]["metrics"])
-  by = {(r["variant"], r["metric"]): r for r in rows}
+
+
+def _setup_lines(runs: Sequence[Run], n_seeds: int) -> list[str]:
+  """The title and what was trained on what."""
   pt = runs[0].config
   sft = next(r for r in runs if r.variant == BASELINE).config
   m = sft.model.llm
+  return ["# The MMA ablation at small scale", "",
+          f"PT {pt.train.steps} steps, then SFT {sft.train.steps} steps per order from that "
+          f"checkpoint (DOT and causal 2x: {2 * sft.train.steps}); "
+          f"{n_seeds} seed(s) per variant (seed = config.seed and the data "
+          f"shuffling); batch {sft.train.batch_size} x {sft.data.pack_length} tokens; LLM "
+          f"{m.layers} layers x {m.hidden}; train/test {sft.data.train_size}/"
+          f"{sft.data.test_size} records of the built-in shapes benchmark "
+          f"({sft.data.get('difficulty', 'easy')}).", ""]
+
+
+def _accuracy_table(results, by, metrics) -> list[str]:
+  """Mean ± CI per variant and metric, step time, and the chance row."""
   n_seeds = len(results[BASELINE]["seeds"])
-  md = ["# The MMA ablation at small scale", "",
-        f"PT {pt.train.steps} steps, then SFT {sft.train.steps} steps per order from that "
-        f"checkpoint (DOT and causal 2x: {2 * sft.train.steps}); "
-        f"{n_seeds} seed(s) per variant (seed = config.seed and the data "
-        f"shuffling); batch {sft.train.batch_size} x {sft.data.pack_length} tokens; LLM "
-        f"{m.layers} layers x {m.hidden}; train/test {sft.data.train_size}/{sft.data.test_size} "
-        "records of the built-in shapes benchmark.", "",
-        f"## Test accuracy (mean ± {CONFIDENCE:.0%} confidence interval over seeds)", "",
+  md = [f"## Test accuracy (mean ± {CONFIDENCE:.0%} confidence interval over seeds)", "",
         f"± is the half-width of a Student-t {CONFIDENCE:.0%} interval over the n seeds (n − 1 "
         "degrees of freedom); results.csv has its ends (ci_low, ci_high) and the std."
         + (" With one seed there is no interval ('no CI')." if n_seeds < 2 else ""), "",
@@ -546,16 +569,21 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
   chance = results[BASELINE]["chance"]
   md.append("| chance (majority answer) | | "
             + " | ".join(_fmt(chance.get(x, float("nan"))) for x in metrics) + " | | |")
+  return md
+
+
+def _difference_table(results, by, metrics) -> list[str]:
+  """Each variant minus causal I&T with raw and Holm-adjusted p, and the family size."""
   others = [v for v in results if v != BASELINE]
-  md += ["", "## Difference to causal I&T (paired over seeds: raw p of a paired t-test → "
-         "Holm-adjusted p)", "",
-         f"Family, for each metric: the comparisons with causal I&T of "
-         f"{', '.join(VARIANTS[v].label for v in others) or 'no other variant'} — those with a "
-         "test (a single seed or identical differences give none); m below. Holm–Bonferroni "
-         f"keeps the chance of any false difference in a metric's family under {ALPHA}; "
-         f"**bold**: adjusted p < {ALPHA}.", "",
-         "| variant | " + " | ".join(_short(x) for x in metrics) + " |",
-         "|" + " --- |" * (len(metrics) + 1)]
+  md = ["", "## Difference to causal I&T (paired over seeds: raw p of a paired t-test → "
+        "Holm-adjusted p)", "",
+        f"Family, for each metric: the comparisons with causal I&T of "
+        f"{', '.join(VARIANTS[v].label for v in others) or 'no other variant'} — those with a "
+        "test (a single seed or identical differences give none); m below. Holm–Bonferroni "
+        f"keeps the chance of any false difference in a metric's family under {ALPHA}; "
+        f"**bold**: adjusted p < {ALPHA}.", "",
+        "| variant | " + " | ".join(_short(x) for x in metrics) + " |",
+        "|" + " --- |" * (len(metrics) + 1)]
 
   def diff_cell(r):
     text = (f"{r['delta_vs_causal']:+.3f} (p {_p(r['p_vs_causal'])} → "
@@ -568,41 +596,44 @@ def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],
   if others:
     md.append("| Holm family size m | " + " | ".join(str(by[others[0], x]["holm_m"])
                                                     for x in metrics) + " |")
-  md += ["", "## Verdict", ""] + _verdict(results)
+  return md
+
+
+def _step_time_note(results, by) -> str:
+  """How the step-time column was measured."""
   sources = {by[v, "step_time_rel"]["step_time_source"] for v in results}
   if sources == {TIMED}:
     t = results[BASELINE]["timing"]
-    how = (f"Step time is **{TIMED}**: after training, this process ran each variant's train "
-           "step (fresh parameters, one batch already on the device; no data loading) by itself, "
-           f"one variant after another, in intervals of several steps for a few seconds "
-           f"(causal: {t['intervals']} intervals of {t['steps_per_interval']} steps), and took "
-           "the minimum over intervals of seconds per step: other jobs on the machine can only "
-           "add time, and no run trained in parallel enters it. One value per variant, so no "
-           "interval; the ratio divides it by causal's.")
-  else:
-    how = (f"Step time is from the **{LOGGED}** (the variants were not all timed alone: "
-           "--timing_seconds=0): per run, the minimum seconds per step over train_log.jsonl's "
-           "logging intervals (the first left out), divided by the causal run's of the same "
-           "seed. Runs trained at once (--jobs > 1) or beside other jobs share the machine, so "
-           "these times can be confounded.")
-  md += ["", how + " DOT and causal 2x also take twice the steps.", "", "![results](study.png)"]
-  if mechanism_result:
-    md += ["", "## Mechanism (seed 0)", "",
-           "Cosine distance between the image tokens' hidden states when the same image is asked "
-           "two different questions, mean over pairs, per layer (0 = input embeddings):", "",
-           "| run | " + " | ".join(str(i) for i in range(len(
-               next(iter(mechanism_result["drift"].values()))))) + " |",
-           "|" + " --- |" * (1 + len(next(iter(mechanism_result["drift"].values()))))]
-    for label, d in mechanism_result["drift"].items():
-      md.append(f"| {label} | " + " | ".join(f"{np.mean(x):.2e}" for x in d) + " |")
-    md += ["", "Under causal the image tokens come before the question, so their states are "
-           "identical whatever is asked (distance exactly 0); under MMA they read the question.",
-           ""] + [f"![{os.path.basename(p)}](mechanism/{os.path.basename(p)})"
-                  for p in mechanism_result["files"]]
-  with open(paths["markdown"], "w") as f:
-    f.write("\n".join(md) + "\n")
-  plot(results, rows, metrics, paths["plot"])
-  return paths
+    return (f"Step time is **{TIMED}**: after training, this process ran each variant's train "
+            "step (fresh parameters, one batch already on the device; no data loading) by "
+            "itself, one variant after another, in intervals of several steps for a few seconds "
+            f"(causal: {t['intervals']} intervals of {t['steps_per_interval']} steps), and took "
+            "the minimum over intervals of seconds per step: other jobs on the machine can only "
+            "add time, and no run trained in parallel enters it. One value per variant, so no "
+            "interval; the ratio divides it by causal's.")
+  return (f"Step time is from the **{LOGGED}** (the variants were not all timed alone: "
+          "--timing_seconds=0): per run, the minimum seconds per step over train_log.jsonl's "
+          "logging intervals (the first left out), divided by the causal run's of the same "
+          "seed. Runs trained at once (--jobs > 1) or beside other jobs share the machine, so "
+          "these times can be confounded.")
+
+
+def _mechanism_lines(mechanism_result) -> list[str]:
+  """The drift table and the pictures, when the mechanism pictures were made."""
+  if not mechanism_result:
+    return []
+  layers = len(next(iter(mechanism_result["drift"].values())))
+  md = ["", "## Mechanism (seed 0)", "",
+        "Cosine distance between the image tokens' hidden states when the same image is asked "
+        "two different questions, mean over pairs, per layer (0 = input embeddings):", "",
+        "| run | " + " | ".join(str(i) for i in range(layers)) + " |",
+        "|" + " --- |" * (1 + layers)]
+  for label, d in mechanism_result["drift"].items():
+    md.append(f"| {label} | " + " | ".join(f"{np.mean(x):.2e}" for x in d) + " |")
+  return md + ["", "Under causal the image tokens come before the question, so their states are "
+               "identical whatever is asked (distance exactly 0); under MMA they read the "
+               "question.", ""] + [f"![{os.path.basename(p)}](mechanism/{os.path.basename(p)})"
+                                   for p in mechanism_result["files"]]
 
 
 def plot(results, rows, metrics, path: str) -> None:
