@@ -5,7 +5,8 @@ LLaVA-like, extended for several images and captions (REFERENCE.md Part A §4):
    "conversations": [{"from": "human", "value": "<image>\\nAnswer ... What is ...?"},
                      {"from": "gpt", "value": "two"}],
    "source": "vqav2", "task_type": "vqa", "caption": ""}
-Rules: one <image> tag per entry of `image`, in order ([] for text-only); turns alternate
+Rules: one <image> tag per entry of `image`, in order ([] for text-only) — except a video's
+frames ('<video>#frame<k>', mma_jax.data.video), which share one tag; turns alternate
 human, gpt and are kept whole (multi-turn); `image` paths are relative to the import's image
 root. PT captions: task_type 'caption', `caption` set and `conversations` empty.
 
@@ -20,10 +21,12 @@ import io
 import json
 import os
 
+import numpy as np
 from PIL import Image
 
 from mma_jax.data import chat
 from mma_jax.data import images as images_lib
+from mma_jax.data import video as video_lib
 
 CAPTION = "caption"
 # Reasons a row is skipped, as the import report counts them.
@@ -70,9 +73,10 @@ def validate(record: dict, where: str) -> dict:
   except chat.BadRecord as e:
     bad(str(e))
   tags = sum(q.count(chat.IMAGE_TAG) + a.count(chat.IMAGE_TAG) for q, a in turns)
-  if tags != len(images) or any(chat.IMAGE_TAG in a for _, a in turns):
-    bad(f"record {record['id']!r} has {tags} {chat.IMAGE_TAG} tags for {len(images)} images; "
-        "each image needs exactly one tag, in a human turn")
+  media = len(video_lib.media_spans(images))  # a video's frames share one tag
+  if tags != media or any(chat.IMAGE_TAG in a for _, a in turns):
+    bad(f"record {record['id']!r} has {tags} {chat.IMAGE_TAG} tags for {media} images / "
+        "videos; each needs exactly one tag, in a human turn")
   return record
 
 
@@ -129,7 +133,8 @@ def from_stored(raw: dict) -> dict:
 
 def with_pixels(record: dict, size: int, stage: str, grids=()) -> dict:
   """The record with its images decoded to uint8[size, size, 3] for chat.encode (AnyRes
-  `grids`: each image's tiles, uint8[K, size, size, 3]).
+  `grids`: each image's tiles, uint8[K, size, size, 3]; a video: its frames, uint8[N, size,
+  size, 3], one media span).
 
   Raises chat.BadRecord (skippable with config.data.skip_bad_records) naming the record for an
   undecodable image or a record of the wrong kind for the stage.
@@ -143,10 +148,16 @@ def with_pixels(record: dict, size: int, stage: str, grids=()) -> dict:
   images = []
   for path, data in zip(record["image"], record["images"], strict=True):
     try:
-      images.append(images_lib.prepare(data, size, grids))
+      # a video's frames: one image each (never tiled), stacked into one span below
+      images.append(images_lib.resize(data, size)[None] if video_lib.is_frame(path)
+                    else images_lib.prepare(data, size, grids))
     except Exception as e:  # pylint: disable=broad-except
       raise chat.BadRecord(
           f"Record {record['id']!r}: image {path!r} cannot be decoded ({type(e).__name__}: {e}). "
           "Re-import the source, or set config.data.skip_bad_records=True to skip such records "
           "with a count.") from None
-  return dict(record, images=images)
+  spans, grouped = video_lib.media_spans(record["image"]), []
+  for n in spans:
+    grouped.append(images[0] if n == 1 else np.concatenate(images[:n]))
+    images = images[n:]
+  return dict(record, images=grouped)

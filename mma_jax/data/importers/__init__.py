@@ -13,7 +13,7 @@ import os
 from typing import Iterator
 
 from mma_jax.data import records, tfds_records
-from mma_jax.data.importers import llava, sources, webdataset
+from mma_jax.data.importers import llava, sources, video, webdataset
 from mma_jax.data.importers.common import Example, LeftOut, Report
 
 # name -> (importer(inputs, images, split, source) -> Iterator[Example | BadRow | LeftOut],
@@ -32,15 +32,17 @@ SOURCES = {
     "llava150k": (llava.llava150k, True),
     "llava": (llava.llava, True),
     "webdataset": (webdataset.webdataset, False),
+    "llava_video": (video.llava_video, True),
 }
 
 
-def _rows(source: str, inputs: list[str], images: str | None, split: str):
+def _rows(source: str, inputs: list[str], images: str | None, split: str, frames: int):
   """The importer's items; a file whose layout it cannot read is an error naming the files
   (row-level problems arrive as BadRows instead)."""
   importer = SOURCES[source][0]
+  options = {"frames": frames} if importer is video.llava_video else {}
   try:
-    yield from importer(inputs, images, split, source)
+    yield from importer(inputs, images, split, source, **options)
   except (KeyError, TypeError, AttributeError, IndexError) as e:
     raise ValueError(f"{source}: {inputs} do not have the layout this importer reads "
                      f"({type(e).__name__}: {e}); see the docstring of "
@@ -78,7 +80,7 @@ def _checked(items, images: str | None, report: Report, skip_bad: bool, limit: i
 def import_source(source: str, inputs: list[str], images: str | None, out: str, *,
                   name: str = "", split: str = "train", skip_bad: bool = False, limit: int = 0,
                   max_side: int = 0, records_per_shard: int = 10_000,
-                  report: Report | None = None) -> Report:
+                  report: Report | None = None, frames: int = video.DEFAULT_FRAMES) -> Report:
   """Imports one source into out/name (name defaults to source); returns the report.
 
   Args:
@@ -89,6 +91,7 @@ def import_source(source: str, inputs: list[str], images: str | None, out: str, 
     limit: stop after this many records (0 = all).
     max_side: re-encode images whose longer side is larger (0 = store the file's bytes).
     report: filled in as rows go (pass one to read the counts after an error).
+    frames: video sources: frames sampled per video.
   """
   if source not in SOURCES:
     raise ValueError(f"Unknown source {source!r}; use one of {sorted(SOURCES)}.")
@@ -104,7 +107,7 @@ def import_source(source: str, inputs: list[str], images: str | None, out: str, 
     seen.add(os.path.abspath(path))
   out_dir = os.path.join(out, name or source)
   report = report or Report(name or source, split, out_dir)
-  items = _rows(source, list(inputs), images, split)
+  items = _rows(source, list(inputs), images, split, frames)
   tfds_records.write(out_dir, split, _checked(items, images, report, skip_bad, limit, max_side),
                      records_per_shard)
   report.save()

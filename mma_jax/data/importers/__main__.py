@@ -24,12 +24,14 @@ def main(argv=None) -> int:
   p.add_argument("--max_side", type=int, default=0,
                  help="re-encode larger images to this longer side (0 = keep the bytes)")
   p.add_argument("--records_per_shard", type=int, default=10_000)
+  p.add_argument("--frames", type=int, default=8,
+                 help="video sources (llava_video): frames sampled uniformly per video")
   a = p.parse_args(argv)
   report = Report(a.name or a.source, a.split, os.path.join(a.out, a.name or a.source))
   try:
     import_source(a.source, a.input, a.images, a.out, name=a.name, split=a.split,
                   skip_bad=a.skip_bad, limit=a.limit, max_side=a.max_side,
-                  records_per_shard=a.records_per_shard, report=report)
+                  records_per_shard=a.records_per_shard, report=report, frames=a.frames)
   except (ValueError, KeyError, OSError) as e:  # records.BadRow is a ValueError
     print(report.summary(), file=sys.stderr)
     print(f"Import failed, nothing written for this split: {e}", file=sys.stderr)
