@@ -51,6 +51,8 @@ def _data() -> ml_collections.ConfigDict:
   # pixels (0 = the tower's size), e.g. 64 with a 32 px tower to give tiling something to do.
   d.anyres_grids = ()
   d.render_size = 0
+  d.video_frames = 0    # shapes: > 1 makes every image a clip of this many frames (objects
+                        # appearing over time; the last frame the whole scene), one media span
   d.packing = True      # False: one example per row, padded
   d.skip_bad_records = False
   d.pt_prompt = ""      # PT: an instruction after the images (prompt text, so under mask

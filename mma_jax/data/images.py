@@ -65,7 +65,10 @@ def tiles(image, size: int, grids) -> np.ndarray:
 
 def prepare(image, size: int, grids=()) -> np.ndarray:
   """The model's view of one image: uint8[size, size, 3], or with AnyRes `grids` its tiles
-  uint8[K, size, size, 3]."""
+  uint8[K, size, size, 3]; a clip uint8[N, H, W, 3] (video frames) is resized frame by frame,
+  never tiled."""
+  if isinstance(image, np.ndarray) and image.ndim == 4:
+    return np.stack([resize(frame, size) for frame in image])
   return tiles(image, size, grids) if grids else resize(image, size)
 
 

@@ -68,7 +68,7 @@ class Task:
       self.builder = distributed.process_zero_first(lambda: shapes_builder.builder(
           data_dir, train_size=d.train_size, validation_size=d.validation_size,
           test_size=d.test_size, seed=d.seed, image_size=self.render_size,
-          difficulty=d.get("difficulty", "easy")))
+          difficulty=d.get("difficulty", "easy"), frames=d.video_frames))
 
   def source(self, split: str):
     """Random-access records of a split (decoded lazily); for 'records', the training mixture
@@ -79,7 +79,7 @@ class Task:
       _, datasets, weights = zip(*self.mixture)
       return mixture.mix(list(datasets), list(weights), self.config.data.shuffle_seed)
     return grain.MapDataset.source(self.builder.as_data_source(split)).map(
-        shapes_builder.decode_record)
+        functools.partial(shapes_builder.decode_record, frames=self.config.data.video_frames))
 
   def _record_encode(self, tokens_per_image: int, order: str):
     """A training record -> example dict; imported records get their images decoded first."""

@@ -1,7 +1,6 @@
 """Video: frames sampled uniformly from a GIF or a frame folder, imported from LLaVA-Video-style
 JSON, one media span per video that, under MMA, reads the question."""
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np

@@ -296,3 +296,22 @@ def test_anyres_trains_and_evaluates_on_the_built_in_data(data_dir, tmp_path):
   assert np.sum(ex["modality"] == 1) == 4 * tiles_per_image * len(record["images"])
   metrics = train_and_evaluate(c, str(tmp_path / "run"))
   assert "accuracy/all" in metrics
+
+
+def test_video_clips_train_and_evaluate_on_the_built_in_data(tmp_path):
+  """The shapes benchmark as short clips (objects appearing frame by frame; the last frame is
+  the still image): every clip is one media span and the main path trains and evaluates."""
+  c = small_config(str(tmp_path / "data"), steps=1)
+  c.data.update(video_frames=3, max_images=6, pack_length=128)
+  c.eval.update(max_images=6, prompt_length=96)
+  task = task_lib.Task(c, str(tmp_path / "run"))
+  record = next(iter(task.source("train")))
+  still = generate.make_example(0, "train", int(record["id"].rsplit("-", 1)[1]), 16)
+  assert record["images"][0].shape == (3, 16, 16, 3)
+  np.testing.assert_array_equal(record["images"][0][-1], still["images"][0])
+  drawn = lambda img: np.sum(np.any(img != generate.BACKGROUND, axis=-1))
+  assert drawn(record["images"][0][0]) <= drawn(record["images"][0][-1])
+  ex = task._record_encode(4, "I&T")(record)  # pylint: disable=protected-access
+  assert np.sum(ex["modality"] == 1) == 4 * 3 * len(record["images"])
+  metrics = train_and_evaluate(c, str(tmp_path / "run"))
+  assert "accuracy/all" in metrics

@@ -16,11 +16,13 @@ class ShapesConfig(tfds.core.BuilderConfig):
   easy benchmark keeps its original names, the hard one's start with 'hard_')."""
 
   def __init__(self, *, train_size: int, validation_size: int, test_size: int, seed: int,
-               image_size: int, difficulty: str = "easy"):
+               image_size: int, difficulty: str = "easy", frames: int = 0):
     prefix = "" if generate.check_difficulty(difficulty) == "easy" else f"{difficulty}_"
+    suffix = f"_f{frames}" if frames > 1 else ""  # clips: each image a few frames
     super().__init__(
-        name=f"{prefix}s{seed}_px{image_size}_n{train_size}-{validation_size}-{test_size}",
-        version=tfds.core.Version("1.0.0"))
+        name=f"{prefix}s{seed}_px{image_size}_n{train_size}-{validation_size}-{test_size}"
+             f"{suffix}", version=tfds.core.Version("1.0.0"))
+    self.frames = frames
     self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
     self.seed = seed
     self.image_size = image_size
@@ -50,15 +52,20 @@ class MmaShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split):
     cfg = self.builder_config
     for i in range(cfg.sizes[split]):
-      r = generate.make_example(cfg.seed, split, i, cfg.image_size, cfg.difficulty)
-      yield i, dict(r, images=np.stack(r["images"]), conversations=json.dumps(r["conversations"]))
+      r = generate.make_example(cfg.seed, split, i, cfg.image_size, cfg.difficulty, cfg.frames)
+      # a clip's frames are stored one after another in the images sequence
+      images = np.concatenate(r["images"]) if cfg.frames > 1 else np.stack(r["images"])
+      yield i, dict(r, images=images, conversations=json.dumps(r["conversations"]))
 
 
 def builder(data_dir: str, *, train_size: int, validation_size: int, test_size: int,
-            seed: int = 0, image_size: int = 32, difficulty: str = "easy") -> MmaShapes:
-  """The builder, prepared (ArrayRecord files written) once per data_dir, size and difficulty."""
+            seed: int = 0, image_size: int = 32, difficulty: str = "easy",
+            frames: int = 0) -> MmaShapes:
+  """The builder, prepared (ArrayRecord files written) once per data_dir, size, difficulty
+  and clip length (frames > 1: every image a clip)."""
   cfg = ShapesConfig(train_size=train_size, validation_size=validation_size,
-                     test_size=test_size, seed=seed, image_size=image_size, difficulty=difficulty)
+                     test_size=test_size, seed=seed, image_size=image_size, difficulty=difficulty,
+                     frames=frames)
   b = MmaShapes(config=cfg, data_dir=data_dir, file_format="array_record")
   if not b.is_prepared():
     logging.info("Writing the %s shapes benchmark (%d / %d / %d train / validation / test "
@@ -71,9 +78,13 @@ def builder(data_dir: str, *, train_size: int, validation_size: int, test_size: 
   return b
 
 
-def decode_record(raw) -> dict:
-  """A TFDS element (bytes for text, uint8[N, H, W, 3] images) -> the normalized record."""
+def decode_record(raw, frames: int = 0) -> dict:
+  """A TFDS element (bytes for text, uint8[N, H, W, 3] images) -> the normalized record;
+  frames > 1: the images regrouped into clips uint8[frames, H, W, 3]."""
   text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
-  return {"id": text(raw["id"]), "images": list(raw["images"]),
+  images = list(raw["images"])
+  if frames > 1:
+    images = [np.stack(images[k:k + frames]) for k in range(0, len(images), frames)]
+  return {"id": text(raw["id"]), "images": images,
           "conversations": json.loads(text(raw["conversations"])), "source": text(raw["source"]),
           "question_type": text(raw["question_type"]), "caption": text(raw["caption"])}

@@ -109,11 +109,22 @@ def _count(scene):
   return "how many shapes are there ?", NUMBERS[len(scene)]
 
 
+def clip(draw_fn, scene, size: int, frames: int) -> np.ndarray:
+  """A short clip of a scene: uint8[frames, size, size, 3], its objects appearing one group per
+  frame; the last frame is the whole scene (the still image), so a question about the scene
+  needs the clip's end."""
+  n = len(scene)
+  return np.stack([draw_fn(scene[:-(-(k + 1) * n // frames)], size) for k in range(frames)])
+
+
 def make_example(seed: int, split: str, index: int, image_size: int = 32,
-                 difficulty: str = "easy") -> dict:
-  """The record for (seed, split, index); the type cycles so every split is balanced."""
+                 difficulty: str = "easy", frames: int = 0) -> dict:
+  """The record for (seed, split, index); the type cycles so every split is balanced.
+
+  frames > 1: every image is a clip of that many frames (`clip`), uint8[frames, H, W, 3]; the
+  records are otherwise the same (the same scenes, questions and answers)."""
   if check_difficulty(difficulty) == "hard":
-    return make_hard_example(seed, split, index, image_size)
+    return make_hard_example(seed, split, index, image_size, frames)
   rng = np.random.default_rng([seed, SPLITS[split], index])
   qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
   scene = _scene(rng)
@@ -150,7 +161,9 @@ def make_example(seed: int, split: str, index: int, image_size: int = 32,
                  "second", images=2)
   else:  # two_turn: an attribute question, then a count; the count is scored
     conv = _turn(*_attribute(rng, scene), images=1) + _turn(*_count(scene))
-  return {"id": f"shapes-{split}-{index}", "images": [draw(s, image_size) for s in scenes],
+  images = [clip(draw, s, image_size, frames) if frames > 1 else draw(s, image_size)
+            for s in scenes]
+  return {"id": f"shapes-{split}-{index}", "images": images,
           "conversations": conv, "source": "shapes", "question_type": qtype,
           "caption": caption(scene)}
 
@@ -482,10 +495,13 @@ def hard_caption(scene) -> str:
   return " ".join(f"row {LINE_NAMES[r]} : {' , '.join(objs)} ." for r, objs in sorted(rows.items()))
 
 
-def make_hard_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
+def make_hard_example(seed: int, split: str, index: int, image_size: int = 64,
+                      frames: int = 0) -> dict:
   """The hard record for (seed, split, index), in make_example's format. Made for 64 px images
   (16 px a cell); at 32 px (8 px a cell) the four shapes still differ, by fewer pixels."""
   q = hard_question(seed, split, index)
-  return {"id": f"shapes_hard-{split}-{index}", "images": [draw_hard(q.scene, image_size)],
+  image = (clip(draw_hard, q.scene, image_size, frames) if frames > 1
+           else draw_hard(q.scene, image_size))
+  return {"id": f"shapes_hard-{split}-{index}", "images": [image],
           "conversations": _turn(q.question, q.answer, images=1), "source": "shapes_hard",
           "question_type": q.qtype, "caption": hard_caption(q.scene)}
