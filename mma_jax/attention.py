@@ -159,8 +159,6 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   name = resolve(implementation, k.shape[1])
-  if name == "tokamax" and q.shape[1] != k.shape[1]:
-    name = "blockwise"  # a decode step against the KV cache: not one packed row (see tokamax_gpu)
   fn = _KERNELS[name]
   if name != "xla":
     fn = _per_shard(fn, q, k)

@@ -41,10 +41,13 @@ def _decoded_then(encode, image_size: int, stage: str, grids, record):
   return encode(records.with_pixels(record, image_size, stage, grids))
 
 
-def _prepared_then(encode, image_size: int, grids, record):
+def _prepared(record, image_size: int, grids):
   """Shapes record rendered at another size, or AnyRes: its images as the model sees them."""
-  return encode(dict(record, images=[images.prepare(im, image_size, grids)
-                                     for im in record["images"]]))
+  return dict(record, images=[images.prepare(im, image_size, grids) for im in record["images"]])
+
+
+def _prepared_then(encode, image_size: int, grids, record):
+  return encode(_prepared(record, image_size, grids))
 
 
 class Task:
@@ -58,6 +61,8 @@ class Task:
     self.grids = tuple(tuple(int(n) for n in g) for g in d.anyres_grids)
     # The shapes benchmark may be rendered larger than the tower's input (for tiling).
     self.render_size = d.render_size or self.image_size
+    # shapes images that are not the tower's input as stored: resized or tiled on the way in
+    self._reshaped = bool(self.grids) or self.render_size != self.image_size
     self.tokenizer = load_tokenizer(d.tokenizer, d.template, d.get("difficulty", "easy"))
     self.skips = pipeline.SkipCounter()
     self.builder = None
@@ -90,7 +95,7 @@ class Task:
     if self.builder is None:
       return functools.partial(_decoded_then, encode, self.image_size, self.config.stage,
                                self.grids)
-    if self.grids or self.render_size != self.image_size:
+    if self._reshaped:
       return functools.partial(_prepared_then, encode, self.image_size, self.grids)
     return encode
 
@@ -136,7 +141,4 @@ class Task:
     are rendered at another size or tiled (AnyRes)."""
     if self.builder is None:
       return records.with_pixels(record, self.image_size, "sft", self.grids)
-    if self.grids or self.render_size != self.image_size:
-      return dict(record, images=[images.prepare(im, self.image_size, self.grids)
-                                  for im in record["images"]])
-    return record
+    return _prepared(record, self.image_size, self.grids) if self._reshaped else record

@@ -196,15 +196,15 @@ def run_benchmark(model, params, task, config, benchmark: str, data: str = "",
   return results
 
 
-def load(config, workdir: str):
+def load(config, workdir: str, mesh=None, rules=None):
   """(Task, VLM, params, step) of a trained run: the latest checkpoint in workdir, restored
   straight into the training layout (config.mesh) — no parameter is initialised first. A
   LoRA run's checkpoint holds its adapters alone: its base comes from config.init_from (or
-  the seed), as in training."""
+  the seed), as in training. mesh / rules: config.mesh's when not given."""
   task = task_lib.Task(config, workdir)
   model = vlm.VLM(build.model_config(config, task.tokenizer.vocab_size))
-  mesh = sharding.make_mesh(config.mesh.shape)
-  rules = sharding.make_rules(config.mesh.rules)
+  mesh = sharding.make_mesh(config.mesh.shape) if mesh is None else mesh
+  rules = sharding.make_rules(config.mesh.rules) if rules is None else rules
   target = build.restore_target(model.cfg, mesh, rules)
   if not lora.has_adapters(target):
     params, step = checkpoint.load_params(workdir, target)
@@ -219,9 +219,9 @@ def run(config, workdir: str, benchmark: str, data: str = "", out: str = "") -> 
   predictions TSV and the results JSON under `out` (default <workdir>/eval). Returns the
   results dict."""
   scoring.get(benchmark).scorer(config.eval.rule)  # a bad name or rule fails before any work
-  task, model, params, step = load(config, workdir)
-  mesh = sharding.make_mesh(config.mesh.shape)
-  with sharding.use(mesh, sharding.make_rules(config.mesh.rules)):  # as in training
+  mesh, rules = sharding.make_mesh(config.mesh.shape), sharding.make_rules(config.mesh.rules)
+  task, model, params, step = load(config, workdir, mesh, rules)
+  with sharding.use(mesh, rules):  # as in training
     return run_benchmark(model, {"params": params}, task, config, benchmark, data,
                          out=out or os.path.join(workdir, "eval"),
                          workdir=os.path.abspath(workdir), checkpoint_step=step)

@@ -19,10 +19,10 @@ range would be 0 / 0 in the kernel).
 
 tokamax's backward bounds its loops causally only, and MMA is causal under no order: it visits
 every tile (the forward skips). Only self-attention over whole packed rows with one group
-channel (text + one other modality) is expressible; attention.py sends decode steps (a query
-chunk against a KV cache) to blockwise. Whether the ranges are exactly the mask is checked per
-call by counting each row's allowed keys: where not (mma_conversation across turns), the
-fallback runs instead (lax.cond: only one branch executes).
+channel (text + one other modality) is expressible; decode steps (a query chunk against a
+KV cache) run the fallback (blockwise, in attention.py). Whether the ranges are exactly the
+mask is checked per call by counting each row's allowed keys: where not (mma_conversation
+across turns), the fallback runs instead (lax.cond: only one branch executes).
 """
 from __future__ import annotations
 
@@ -130,9 +130,15 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None, fallback=N
 
   Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens; fallback(q, k, v,
     q_ids, k_ids): what runs instead when the mask is not ranges in the new order (only that
-    branch runs, lax.cond); None = none needed (the caller knows the layout is exact).
+    branch runs, lax.cond), and for a decode step (a query chunk against a longer KV cache);
+    None = none needed (the caller knows the layout is exact).
   Returns: f[B, L, H, D]; padding rows are zero.
   """
+  if q.shape[1] != k.shape[1]:  # a decode step: not one packed row
+    if fallback is None:
+      raise ValueError("tokamax attention is self-attention over whole rows; a query chunk "
+                       "against a KV cache needs a fallback implementation.")
+    return fallback(q, k, v, q_ids, k_ids)
   perm, k_start, k_end, exact = interval_layout(q_ids, k_ids)
 
   def ranged(q, k, v):

@@ -218,14 +218,16 @@ class Trainer:
           step += 1
           stopping = stop.after_step()
           report(step)
-          if step % c.train.log_every == 0 or step == self.total_steps:
+          log_now = step % c.train.log_every == 0 or step == self.total_steps
+          save_now = self._checkpoint_due(step) or stopping
+          if log_now or save_now:  # metrics to the host once; never log or save a NaN state
             host = jax.device_get(metrics)
             self._check_finite(host, step)
-            log.write(step, host)
-          if self._checkpoint_due(step) or stopping:
-            self._check_finite(jax.device_get(metrics), step)  # never save a NaN state
-            self.ckpt.save(step, self._saved(self.state.params), self.state.opt_state,
-                           self.phase, self.iterator)
+            if log_now:
+              log.write(step, host)
+            if save_now:
+              self.ckpt.save(step, self._saved(self.state.params), self.state.opt_state,
+                             self.phase, self.iterator)
           if c.train.eval_every and step % c.train.eval_every == 0:
             val, _ = self._evaluate("validation")
             self.writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})

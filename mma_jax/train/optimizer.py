@@ -52,7 +52,7 @@ def schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float
 def stored(params, optim_cfg):
   """ShapeDtypeStructs of `params` as a run keeps them: frozen ones (trainable_mask) in
   config.optim.frozen_dtype when set (e.g. LoRA's bfloat16 base); shardings kept."""
-  frozen_dtype = optim_cfg.get("frozen_dtype", "") if hasattr(optim_cfg, "get") else ""
+  frozen_dtype = optim_cfg.get("frozen_dtype", "")
   trainable = trainable_mask(params, optim_cfg.freeze)
   return jax.tree_util.tree_map(
       lambda x, t: jax.ShapeDtypeStruct(x.shape, x.dtype if t or not frozen_dtype else frozen_dtype,
@@ -95,11 +95,16 @@ def group_labels(params, optim_cfg):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _hyper(optim_cfg) -> dict[str, tuple[float, float]]:
+  """Group name -> (peak lr, weight decay); DEFAULT_GROUP: config.optim's own."""
+  return {DEFAULT_GROUP: (optim_cfg.lr, optim_cfg.weight_decay),
+          **{name: (lr, wd) for name, _, lr, wd in groups(optim_cfg)}}
+
+
 def group_schedules(optim_cfg, total_steps: int) -> dict[str, optax.Schedule]:
   """Group name -> its learning-rate schedule (DEFAULT_GROUP: config.optim.lr)."""
-  make_one = lambda lr: schedule(lr, optim_cfg.warmup_steps, total_steps, optim_cfg.min_lr_ratio)
-  return {DEFAULT_GROUP: make_one(optim_cfg.lr),
-          **{name: make_one(lr) for name, _, lr, _ in groups(optim_cfg)}}
+  return {name: schedule(lr, optim_cfg.warmup_steps, total_steps, optim_cfg.min_lr_ratio)
+          for name, (lr, _) in _hyper(optim_cfg).items()}
 
 
 def make(optim_cfg, total_steps: int, params):
@@ -109,14 +114,12 @@ def make(optim_cfg, total_steps: int, params):
   Returns: (optimizer, the default group's lr schedule; all: group_schedules).
   """
   schedules = group_schedules(optim_cfg, total_steps)
-  adamw = lambda lr, wd: optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=wd)
-  decay = {DEFAULT_GROUP: optim_cfg.weight_decay, **{n: wd for n, _, _, wd in groups(optim_cfg)}}
-  if len(schedules) == 1:
-    update = adamw(schedules[DEFAULT_GROUP], optim_cfg.weight_decay)
+  adamw = {name: optax.adamw(schedules[name], b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=wd)
+           for name, (_, wd) in _hyper(optim_cfg).items()}
+  if len(adamw) == 1:
+    update = adamw[DEFAULT_GROUP]
   else:  # labels from the (masked) tree the inner transform sees: trainable parameters only
-    update = optax.multi_transform(
-        {name: adamw(lr, decay[name]) for name, lr in schedules.items()},
-        lambda tree: group_labels(tree, optim_cfg))
+    update = optax.multi_transform(adamw, lambda tree: group_labels(tree, optim_cfg))
   train = optax.chain(
       optax.clip_by_global_norm(optim_cfg.clip_norm) if optim_cfg.clip_norm > 0 else optax.identity(),
       update)
