@@ -23,11 +23,13 @@ import numpy as np
 from mma_jax import attention as attn_lib
 from mma_jax import masks, tokens
 from mma_jax.data import chat
+from mma_jax.data.shapes import generate
 from mma_jax.evaluate import prompts, runner
 from mma_jax.models import llm, rope, vlm
 
-# One image, one question: the types whose questions can be swapped between records.
-SWAPPABLE = ("count", "exist", "attribute", "spatial")
+# One image, one question: the types whose questions can be swapped between records (easy and
+# hard benchmark; every hard type is one image, one question).
+SWAPPABLE = ("count", "exist", "attribute", "spatial") + generate.HARD_QUESTION_TYPES
 
 
 class Trace(NamedTuple):

@@ -1,4 +1,4 @@
-"""The paper's ablation at small scale: one PT run, then SFT per variant x seed, and a report.
+"""The paper's ablation at small scale: PT, then SFT per variant x seed, and a report.
 
   python -m mma_jax.study --workdir=runs/study [--seeds=5] [--steps=N] [--pt_steps=N] \
       [--variants=causal,reversed,dot,causal_2x,mma,prefix] [--jobs=N] [--timing_seconds=2] \
@@ -6,11 +6,16 @@
 
 Every SFT run starts from the same PT checkpoint, on the same data and model, for the same
 number of steps; DOT trains `steps` in T&I and then `steps` in I&T, so `causal_2x` (causal I&T
-for 2 x steps) is its fair control. A seed sets config.seed and the data shuffling
-(config.data.shuffle_seed); the parameters all come from PT. Layout of --workdir:
+for 2 x steps) is its fair control. The exception is `mma_pt_prompt` (the paper's open question,
+MMA in PT): `mma`'s SFT from a second PT run, `pt_prompt`, trained like the first but under mask
+mma with an instruction after the images (PT_RUNS), so it differs from `mma` by the PT alone.
+A seed sets config.seed and the data shuffling (config.data.shuffle_seed); the parameters all
+come from PT. Layout of --workdir:
 
   data/                the built-in benchmark (TFDS), shared by every run
   pt/                  the PT run
+  pt_prompt/           the second PT run (mask mma, PT_PROMPT after the images), planned only
+                       with --variants including mma_pt_prompt
   runs/VARIANT/seedS/  one SFT run (results.json, train_log.jsonl, checkpoints, TensorBoard)
   timing.json          the step time of each variant, timed alone (see below)
   report.md, results.csv, study.png      the comparison
@@ -19,9 +24,10 @@ for 2 x steps) is its fair control. A seed sets config.seed and the data shuffli
 A run whose results.json reports its full step count is reused; any other run resumes from its
 checkpoint, so rerunning the command after an interruption continues the study.
 
---jobs=N trains up to N SFT runs at once, each in its own process (`--run=NAME` of the same
-command; its output goes to runs/VARIANT/seedS/study_run.log). A tiny model's train step keeps
-about one CPU core busy, so on a CPU machine N = the number of cores; on one accelerator, 1.
+--jobs=N trains up to N runs at once, the PT runs before the SFT runs, each in its own process
+(`--run=NAME` of the same command; its output goes to study_run.log in the run's directory). A
+tiny model's train step keeps about one CPU core busy, so on a CPU machine N = the number of
+cores; on one accelerator, 1.
 
 Statistics. Each (variant, metric) gets its mean and a 95% confidence interval (Student t with
 n - 1 degrees of freedom over the n seeds; none with one seed). Each variant is compared with
@@ -72,6 +78,18 @@ class Variant:
   config_file: str    # under the configs directory
   step_factor: int    # config.train.steps = step_factor x --steps
   label: str
+  pt: str = "pt"      # the PT run (PT_RUNS) its SFT starts from
+
+
+# An instruction for MMA in PT: captions have no prompt text, so without one MMA equals causal
+# in PT. Only words of the shapes benchmark (easy and hard), which the word-level tokenizer knows.
+PT_PROMPT = "what is there ?"
+# PT run -> keys set on configs/pt.py for it. The study sets them, so an override of one is
+# refused whenever that run is planned.
+PT_RUNS = {
+    "pt": {},
+    "pt_prompt": {"mask": "mma", "data.pt_prompt": PT_PROMPT},
+}
 
 
 VARIANTS = {
@@ -85,6 +103,10 @@ VARIANTS = {
     # KV cache cannot decode this (see mma_jax/masks.py): an upper bound, not a method.
     "mma_conversation": Variant("sft_mma_conversation.py", 1,
                                 "MMA across turns (upper bound, not decodable)"),
+    # The paper's open question on MMA in PT: mma's SFT, from the PT run where the images saw
+    # an instruction, so the difference to mma is the PT alone.
+    "mma_pt_prompt": Variant("sft_mma.py", 1, "MMA I&T after PT with a prompt (MMA in PT)",
+                             pt="pt_prompt"),
 }
 # Set by the study for every run; an override of one of them would break the comparison.
 FIXED_KEYS = ("stage", "mask", "data.order", "init_from", "seed", "data.shuffle_seed",
@@ -93,7 +115,7 @@ FIXED_KEYS = ("stage", "mask", "data.order", "init_from", "seed", "data.shuffle_
 
 @dataclasses.dataclass
 class Run:
-  name: str           # 'pt' or VARIANT/seedS
+  name: str           # a PT run's name (PT_RUNS) or VARIANT/seedS
   variant: str        # '' for PT
   seed: int
   config: Any         # ml_collections.ConfigDict
@@ -124,25 +146,31 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
     if key in FIXED_KEYS:
       raise ValueError(f"--config.{key} is set by the study for each run; use --steps, "
                        "--pt_steps, --seeds or --variants instead.")
-    *path, leaf = key.split(".")
-    node = config
-    for part in path:
-      if part not in node:
-        raise KeyError(f"--config.{key}: no key {part!r} in the config (see mma_jax/config.py).")
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"--config.{key}: no key {leaf!r} in the config (see mma_jax/config.py).")
-    try:
-      node[leaf] = value
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"--config.{key}={value!r}: {e}") from None
+    _set(config, key, value)
   return config
+
+
+def _set(config, key: str, value: Any) -> None:
+  """config[key] = value for a dotted key that must exist, to a value of its type."""
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    if part not in node:
+      raise KeyError(f"--config.{key}: no key {part!r} in the config (see mma_jax/config.py).")
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(f"--config.{key}: no key {leaf!r} in the config (see mma_jax/config.py).")
+  try:
+    node[leaf] = value
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"--config.{key}={value!r}: {e}") from None
 
 
 def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = None,
          pt_steps: int | None = None, overrides: Mapping[str, Any] | None = None,
          configs_dir: str = CONFIGS_DIR) -> list[Run]:
-  """The runs of the study, PT first. steps / pt_steps None = the config files' own."""
+  """The runs of the study, PT first: each PT run (PT_RUNS order) that a variant starts from,
+  then VARIANT/seedS per variant and seed. steps / pt_steps None = the config files' own."""
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
     raise ValueError(f"Unknown variants {unknown}; choose from {sorted(VARIANTS)}.")
@@ -152,6 +180,12 @@ def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = 
     raise ValueError(f"--seeds={seeds} must be at least 1.")
   workdir = os.path.abspath(workdir)
   overrides = dict(overrides or {})
+  needed = {VARIANTS[v].pt for v in variants}
+  for name in (n for n in PT_RUNS if n in needed):
+    for key in sorted(set(PT_RUNS[name]) & set(overrides) - set(FIXED_KEYS)):
+      users = ", ".join(v for v in variants if VARIANTS[v].pt == name)
+      raise ValueError(f"--config.{key} is set by the study for the PT run {name!r} (of "
+                       f"--variants {users}); leave it out, or leave {users} out of --variants.")
 
   def make(config_file):
     c = apply_overrides(load_config(os.path.join(configs_dir, config_file)), overrides)
@@ -159,16 +193,21 @@ def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = 
       c.data.dir = os.path.join(workdir, "data")
     return c
 
-  pt = make("pt.py")
-  if pt_steps:
-    pt.train.steps = pt_steps
-  runs = [Run("pt", "", 0, pt, os.path.join(workdir, "pt"))]
+  runs, pt_dirs = [], {}
+  for name in (n for n in PT_RUNS if n in needed):  # the same steps, overrides and seed 0
+    pt = make("pt.py")
+    for key, value in PT_RUNS[name].items():
+      _set(pt, key, value)
+    if pt_steps:
+      pt.train.steps = pt_steps
+    pt_dirs[name] = os.path.join(workdir, name)
+    runs.append(Run(name, "", 0, pt, pt_dirs[name]))
   for v in variants:
     for s in range(seeds):
       c = make(VARIANTS[v].config_file)
       c.train.steps = VARIANTS[v].step_factor * (steps or c.train.steps)
       c.seed = c.data.shuffle_seed = s
-      c.init_from = runs[0].workdir
+      c.init_from = pt_dirs[VARIANTS[v].pt]
       runs.append(Run(f"{v}/seed{s}", v, s, c, os.path.join(workdir, "runs", v, f"seed{s}")))
   return runs
 
@@ -537,9 +576,18 @@ def _setup_lines(runs: Sequence[Run], n_seeds: int) -> list[str]:
   pt = runs[0].config
   sft = next(r for r in runs if r.variant == BASELINE).config
   m = sft.model.llm
+  more = ""
+  for r in runs[1:]:  # the PT runs past the first: what they change, who starts from them
+    if not r.variant:
+      users = dict.fromkeys(VARIANTS[x.variant].label for x in runs
+                            if x.variant and VARIANTS[x.variant].pt == r.name)
+      more += (f" (and a second PT run, {r.name}: the same with "
+               + " and ".join(f"{k} = {v!r}" for k, v in PT_RUNS[r.name].items())
+               + f", for {', '.join(users)})")
   return ["# The MMA ablation at small scale", "",
-          f"PT {pt.train.steps} steps, then SFT {sft.train.steps} steps per order from that "
-          f"checkpoint (DOT and causal 2x: {2 * sft.train.steps}); "
+          f"PT {pt.train.steps} steps{more}, then SFT {sft.train.steps} steps per order from "
+          f"{'its PT' if more else 'that'} checkpoint (DOT and causal 2x: "
+          f"{2 * sft.train.steps}); "
           f"{n_seeds} seed(s) per variant (seed = config.seed and the data "
           f"shuffling); batch {sft.train.batch_size} x {sft.data.pack_length} tokens; LLM "
           f"{m.layers} layers x {m.hidden}; train/test {sft.data.train_size}/"
@@ -676,9 +724,9 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
               timing_seconds: float = 2.0) -> dict | None:
   """Run (or reuse) every run of the plan, time each variant's step alone, write the report.
 
-  jobs > 1 trains that many runs at once in subprocesses (PT first, alone). timing_seconds:
-  per variant, for time_variants once all training has ended; 0 = step times from the
-  training logs instead.
+  jobs > 1 trains that many runs at once in subprocesses (the PT runs first, only with each
+  other). timing_seconds: per variant, for time_variants once all training has ended; 0 = step
+  times from the training logs instead.
 
   Returns {"results": collect(...), "rows": summarize(...), "paths": report files,
   "trained": names of the runs trained now}, or None when a run was stopped (SIGTERM).
@@ -692,10 +740,13 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
       todo.append(run)
   if jobs > 1:
     command = _command(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir)
-    # PT alone first: every SFT run starts from its checkpoint.
-    trained = _train_in_processes([r for r in todo if r is runs[0]], 1, command)
+    # The PT runs first: every SFT run starts from one of them.
+    pts = [r for r in todo if not r.variant]
+    if len(pts) > 1:  # they train at once: their shared benchmark files are written here first,
+      _prepare_data(pts[0])  # as two processes writing them would collide
+    trained = _train_in_processes(pts, jobs, command)
     if trained is not None:
-      more = _train_in_processes([r for r in todo if r is not runs[0]], jobs, command)
+      more = _train_in_processes([r for r in todo if r.variant], jobs, command)
       trained = None if more is None else trained + more
   else:
     trained = _train_here(todo, len(runs))
@@ -708,7 +759,7 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
       results[v]["timing"] = t
   mech = None
   if mechanism_examples and {"mma", BASELINE} <= set(variants) and \
-      runs[1].config.data.source == "shapes":
+      next(r for r in runs if r.variant).config.data.source == "shapes":
     from mma_jax import mechanism
     first = {r.variant: r for r in reversed(runs) if r.variant in ("mma", BASELINE)}
     mech = mechanism.from_workdirs(
@@ -733,6 +784,12 @@ def _train_here(todo: Sequence[Run], total: int) -> list[str] | None:
       return None
     trained.append(run.name)
   return trained
+
+
+def _prepare_data(run: Run) -> None:
+  """Writes the run's benchmark files (config.data.dir, shared by every run) unless present."""
+  from mma_jax.data import task as task_lib  # pylint: disable=g-import-not-at-top
+  task_lib.Task(run.config, run.workdir)
 
 
 def _command(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir) -> list[str]:

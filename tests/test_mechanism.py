@@ -50,3 +50,13 @@ def test_pictures_causal_identical_mma_question_dependent(tmp_path):
   with open(os.path.join(out, "drift.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(out))
+
+
+def test_question_pairs_on_the_hard_benchmark():
+  records = [generate.make_example(0, "test", i, image_size=64, difficulty="hard")
+             for i in range(6)]
+  pairs = mechanism.question_pairs(records, 3)
+  assert len(pairs) == 3
+  for a, b in pairs:
+    assert a["question_type"] != b["question_type"] and a["images"] is b["images"]
+    assert a["conversations"][0]["value"] != b["conversations"][0]["value"]

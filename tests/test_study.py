@@ -137,12 +137,59 @@ def test_plan_and_overrides():
     study.plan("/tmp/s", 1, ["mma"])
 
 
+def test_mma_in_pt_variant_starts_from_its_own_pt_run():
+  runs = study.plan("/tmp/s", 2, ["causal", "mma_pt_prompt"], steps=5, pt_steps=3,
+                    overrides={"optim.lr": 1e-3})
+  assert [r.name for r in runs] == ["pt", "pt_prompt", "causal/seed0", "causal/seed1",
+                                    "mma_pt_prompt/seed0", "mma_pt_prompt/seed1"]
+  pt, pt_prompt = runs[0], runs[1]
+  assert pt.config.mask == "causal" and pt.config.data.pt_prompt == ""
+  assert pt_prompt.config.mask == "mma" and pt_prompt.config.data.pt_prompt == study.PT_PROMPT
+  assert pt_prompt.workdir == "/tmp/s/pt_prompt" and pt_prompt.variant == ""
+  # The same PT but for mask and prompt: steps, seed, overrides and data.
+  assert pt_prompt.config.stage == "pt" and pt_prompt.seed == pt_prompt.config.seed == 0
+  assert pt_prompt.total_steps == pt.total_steps == 3
+  assert pt_prompt.config.optim.lr == 1e-3 and pt_prompt.config.data.dir == "/tmp/s/data"
+  differ = {k for k in pt.config.to_dict() if pt.config[k] != pt_prompt.config[k]}
+  assert differ == {"mask", "data"}
+  assert {k for k in pt.config.data if pt.config.data[k] != pt_prompt.config.data[k]} == \
+      {"pt_prompt"}
+  # Its SFT is mma's, from pt_prompt; causal still starts from pt.
+  mma = study.plan("/tmp/s", 2, ["causal", "mma"], steps=5, pt_steps=3,
+                   overrides={"optim.lr": 1e-3})[-1].config
+  sft = runs[-1].config
+  assert sft.init_from == "/tmp/s/pt_prompt" and sft.mask == "mma" and sft.stage == "sft"
+  assert runs[2].config.init_from == "/tmp/s/pt"
+  assert sft.to_dict() == dict(mma.to_dict(), init_from="/tmp/s/pt_prompt")
+  # Without the variant there is one PT run, as before.
+  assert [r.name for r in study.plan("/tmp/s", 1, ["causal", "mma"]) if not r.variant] == ["pt"]
+  # The study sets the mask and the prompt of pt_prompt.
+  with pytest.raises(ValueError, match="--config.data.pt_prompt is set by the study for the PT "
+                     "run 'pt_prompt'"):
+    study.plan("/tmp/s", 1, ["causal", "mma_pt_prompt"],
+               overrides={"data.pt_prompt": "what is it ?"})
+  with pytest.raises(ValueError, match="--config.mask is set by the study"):
+    study.plan("/tmp/s", 1, ["causal", "mma_pt_prompt"], overrides={"mask": "causal"})
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_pt_prompt_uses_only_words_the_shapes_tokenizer_knows(difficulty):
+  from mma_jax.data import vocab
+  from mma_jax.data.shapes import generate
+  assert set(study.PT_PROMPT.split()) <= set(generate.vocabulary(difficulty))
+  tok = vocab.shapes_tokenizer(difficulty)
+  ids = tok.encode(study.PT_PROMPT)
+  assert len(ids) == len(study.PT_PROMPT.split()) and tok.token_id("<unk>") not in ids
+  assert tok.decode(ids) == study.PT_PROMPT
+
+
 def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
   workdir = str(tmp_path / "study")
-  kw = dict(seeds=1, variants=["causal", "mma"], steps=2, pt_steps=2, overrides=TINY,
-            timing_seconds=0.3)
+  kw = dict(seeds=1, variants=["causal", "mma", "mma_pt_prompt"], steps=2, pt_steps=2,
+            overrides=TINY, timing_seconds=0.3)
   out = study.run_study(workdir, mechanism_examples=1, **kw)
-  assert out["trained"] == ["pt", "causal/seed0", "mma/seed0"]
+  assert out["trained"] == ["pt", "pt_prompt", "causal/seed0", "mma/seed0",
+                            "mma_pt_prompt/seed0"]
   for v in ("causal", "mma"):
     with open(os.path.join(workdir, "runs", v, "seed0", "results.json")) as f:
       metrics = json.load(f)["metrics"]
@@ -168,6 +215,16 @@ def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
       mma_all - causal_all)
   report = open(out["paths"]["markdown"]).read()
   assert f"| MMA I&T | 2 | {mma_all:.3f} (no CI) |" in report
+  # MMA in PT: its own PT run, described in the setup line, trained on other inputs than pt's.
+  assert ("PT 2 steps (and a second PT run, pt_prompt: the same with mask = 'mma' and "
+          "data.pt_prompt = 'what is there ?', for MMA I&T after PT with a prompt (MMA in PT)), "
+          "then SFT 2 steps per order from its PT checkpoint") in report
+  losses = {}
+  for name in ("pt", "pt_prompt"):
+    with open(os.path.join(workdir, name, "train_log.jsonl")) as f:
+      losses[name] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  assert len(losses["pt_prompt"]) == 2 and losses["pt_prompt"] != losses["pt"]
+  assert "| MMA I&T after PT with a prompt (MMA in PT) | 2 |" in report
   assert "With one seed there is no interval" in report
   assert "no significance test" in report and "## Mechanism" in report
   assert "Step time is **timed alone**" in report
@@ -179,6 +236,23 @@ def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
   again = study.run_study(workdir, mechanism_examples=0, **kw)
   assert again["trained"] == [] and again["results"] == out["results"]
   assert open(out["paths"]["markdown"]).read() == report.split("\n## Mechanism")[0]
+
+
+def test_parallel_study_trains_the_pt_runs_first(tmp_path, monkeypatch):
+  """--jobs=2 with two PT runs: the benchmark is written once here, then both PT runs train at
+  once, then the SFT runs (no training here: the second stage reports a stop)."""
+  calls = []
+  monkeypatch.setattr(study, "_prepare_data", lambda run: calls.append(("prepare", run.name)))
+
+  def train(todo, jobs, command):
+    assert any(c.startswith("--variants=causal,mma_pt_prompt") for c in command)
+    calls.append(([r.name for r in todo], jobs))
+    return None if todo[0].variant else [r.name for r in todo]
+  monkeypatch.setattr(study, "_train_in_processes", train)
+  assert study.run_study(str(tmp_path), seeds=1, variants=["causal", "mma_pt_prompt"], jobs=2,
+                         overrides=TINY) is None
+  assert calls == [("prepare", "pt"), (["pt", "pt_prompt"], 2),
+                   (["causal/seed0", "mma_pt_prompt/seed0"], 2)]
 
 
 def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
