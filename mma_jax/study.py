@@ -180,34 +180,31 @@ def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = 
     raise ValueError(f"--seeds={seeds} must be at least 1.")
   workdir = os.path.abspath(workdir)
   overrides = dict(overrides or {})
-  needed = {VARIANTS[v].pt for v in variants}
-  for name in (n for n in PT_RUNS if n in needed):
-    for key in sorted(set(PT_RUNS[name]) & set(overrides) - set(FIXED_KEYS)):
-      users = ", ".join(v for v in variants if VARIANTS[v].pt == name)
-      raise ValueError(f"--config.{key} is set by the study for the PT run {name!r} (of "
-                       f"--variants {users}); leave it out, or leave {users} out of --variants.")
-
   def make(config_file):
     c = apply_overrides(load_config(os.path.join(configs_dir, config_file)), overrides)
     if "data.dir" not in overrides:  # one copy of the benchmark for every run
       c.data.dir = os.path.join(workdir, "data")
     return c
 
-  runs, pt_dirs = [], {}
+  runs = []
+  needed = {VARIANTS[v].pt for v in variants}
   for name in (n for n in PT_RUNS if n in needed):  # the same steps, overrides and seed 0
+    for key in sorted(set(PT_RUNS[name]) & set(overrides) - set(FIXED_KEYS)):
+      users = ", ".join(v for v in variants if VARIANTS[v].pt == name)
+      raise ValueError(f"--config.{key} is set by the study for the PT run {name!r} (of "
+                       f"--variants {users}); leave it out, or leave {users} out of --variants.")
     pt = make("pt.py")
     for key, value in PT_RUNS[name].items():
       _set(pt, key, value)
     if pt_steps:
       pt.train.steps = pt_steps
-    pt_dirs[name] = os.path.join(workdir, name)
-    runs.append(Run(name, "", 0, pt, pt_dirs[name]))
+    runs.append(Run(name, "", 0, pt, os.path.join(workdir, name)))
   for v in variants:
     for s in range(seeds):
       c = make(VARIANTS[v].config_file)
       c.train.steps = VARIANTS[v].step_factor * (steps or c.train.steps)
       c.seed = c.data.shuffle_seed = s
-      c.init_from = pt_dirs[VARIANTS[v].pt]
+      c.init_from = os.path.join(workdir, VARIANTS[v].pt)  # its PT run's workdir
       runs.append(Run(f"{v}/seed{s}", v, s, c, os.path.join(workdir, "runs", v, f"seed{s}")))
   return runs
 

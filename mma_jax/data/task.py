@@ -63,7 +63,8 @@ class Task:
     self.render_size = d.render_size or self.image_size
     # shapes images that are not the tower's input as stored: resized or tiled on the way in
     self._reshaped = bool(self.grids) or self.render_size != self.image_size
-    self.tokenizer = load_tokenizer(d.tokenizer, d.template, d.get("difficulty", "easy"))
+    difficulty = d.get("difficulty", "easy")  # configs saved before the hard benchmark lack it
+    self.tokenizer = load_tokenizer(d.tokenizer, d.template, difficulty)
     self.skips = pipeline.SkipCounter()
     self.builder = None
     if d.source == "records":
@@ -73,7 +74,7 @@ class Task:
       self.builder = distributed.process_zero_first(lambda: shapes_builder.builder(
           data_dir, train_size=d.train_size, validation_size=d.validation_size,
           test_size=d.test_size, seed=d.seed, image_size=self.render_size,
-          difficulty=d.get("difficulty", "easy"), frames=d.video_frames))
+          difficulty=difficulty, frames=d.video_frames))
 
   def source(self, split: str):
     """Random-access records of a split (decoded lazily); for 'records', the training mixture

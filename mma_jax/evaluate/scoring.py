@@ -418,16 +418,16 @@ def shapes_score(predictions: Sequence[str], answers: Sequence[str], types: Sequ
   Returns a flat dict: accuracy/<type>, chance/<type>, accuracy/all, f1/exist and
   yes_rate/exist (positive = yes; likewise per exist_* type).
   """
-  hits = collections.defaultdict(list)
+  pairs = collections.defaultdict(list)  # type -> [(prediction, answer)], normalised once
   for pred, ans, qtype in zip(predictions, answers, types, strict=True):
-    hits[qtype].append(normalize(pred) == normalize(ans))
+    pairs[qtype].append((normalize(pred), normalize(ans)))
+  hits = {t: [p == a for p, a in v] for t, v in pairs.items()}
   out = {f"accuracy/{t}": float(np.mean(h)) for t, h in sorted(hits.items())}
   out.update({f"chance/{t}": float(chance[t]) for t in sorted(hits) if t in chance})
   out["accuracy/all"] = float(np.mean([x for h in hits.values() for x in h])) if hits else 0.0
   # POPE-style F1 and yes rate per existence type (the hard benchmark has exist_<negatives>).
   for kind in sorted(t for t in hits if t == "exist" or t.startswith("exist_")):
-    exist = [(normalize(p), normalize(a)) for p, a, t in zip(predictions, answers, types)
-             if t == kind]
+    exist = pairs[kind]
     tp = sum(p == "yes" and a == "yes" for p, a in exist)
     fp = sum(p == "yes" and a != "yes" for p, a in exist)
     fn = sum(p != "yes" and a == "yes" for p, a in exist)

@@ -9,6 +9,7 @@ naming the file and row, or, with skip_bad, are skipped and counted.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Iterator
 
@@ -40,7 +41,9 @@ def _rows(source: str, inputs: list[str], images: str | None, split: str, frames
   """The importer's items; a file whose layout it cannot read is an error naming the files
   (row-level problems arrive as BadRows instead)."""
   importer = SOURCES[source][0]
-  options = {"frames": frames} if importer is video.llava_video else {}
+  # options go to the importers whose signature takes them (frames: the video sources)
+  accepted = inspect.signature(importer).parameters
+  options = {k: v for k, v in {"frames": frames}.items() if k in accepted}
   try:
     yield from importer(inputs, images, split, source, **options)
   except (KeyError, TypeError, AttributeError, IndexError) as e:
