@@ -4,6 +4,8 @@ Orbax (several INFO lines per checkpoint), TFDS, Grain and JAX log through Pytho
 INFO; TensorFlow's C++ core (at import) and TFDS's dataset banner and progress bars write to the
 terminal directly. Below absl's --verbosity=1 (`-v 1`) only their WARNINGs and errors pass; INFO lines
 from mma_jax and from clu (the metric lines, and ReportProgress's steps/s and ETA) always do.
+A few libraries' WARNINGs are chatter too (CHATTY_WARNINGS: tokamax logs one "Autotuning cache
+miss" per shape and call site, hundreds in a run): hidden alike below --verbosity=1.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import sys
 from absl import logging as absl_logging
 
 # INFO lines from these packages are the run's own.
-_OWN = tuple(os.path.dirname(importlib.util.find_spec(name).origin) + os.sep
-             for name in ("mma_jax", "clu"))
+_OWN = tuple(os.path.dirname(spec.origin) + os.sep for spec in map(
+    importlib.util.find_spec, ("mma_jax", "clu")) if spec)  # clu: absent on a bare GPU image
 
 
 def verbose() -> bool:
@@ -27,12 +29,20 @@ def verbose() -> bool:
   return absl_logging.get_verbosity() >= 1
 
 
+# WARNINGs that say nothing a person must act on (a prefix of the record's format string).
+CHATTY_WARNINGS = ("Autotuning cache miss",)  # tokamax: it runs its default config instead
+
+
 class LibraryChatter(logging.Filter):
-  """Drops INFO and below from outside mma_jax and clu, unless verbose()."""
+  """Drops INFO and below, and the CHATTY_WARNINGS, from outside mma_jax and clu, unless
+  verbose()."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING or record.pathname.startswith(_OWN)
-            or verbose())
+    if record.pathname.startswith(_OWN) or verbose():
+      return True
+    if record.levelno == logging.WARNING and str(record.msg).startswith(CHATTY_WARNINGS):
+      return False
+    return record.levelno >= logging.WARNING
 
 
 CHATTER = LibraryChatter()

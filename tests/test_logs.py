@@ -30,6 +30,24 @@ def test_library_info_is_hidden_unless_verbose():
     absl_logging.set_verbosity(before)
 
 
+def test_tokamax_autotuning_misses_are_hidden_unless_verbose_other_warnings_pass():
+  # tokamax/_src/ops/op.py logs through absl, one WARNING per shape and call site.
+  tokamax = os.path.join(sys.prefix, "lib", "site-packages", "tokamax", "_src", "ops", "op.py")
+  miss = logging.LogRecord("absl", logging.WARNING, tokamax, 565,
+                           "Autotuning cache miss for %s on %s with key %s",
+                           ("PallasMosaicGpuFlashAttention()", "NVIDIA H200", "{}"), None)
+  before = absl_logging.get_verbosity()
+  try:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    assert not logs.CHATTER.filter(miss)
+    assert logs.CHATTER.filter(record(tokamax, logging.WARNING))
+    assert logs.CHATTER.filter(record(tokamax, logging.ERROR))
+    absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
+    assert logs.CHATTER.filter(miss)
+  finally:
+    absl_logging.set_verbosity(before)
+
+
 def test_quiet_libraries_installs_the_filter_once():
   logs.quiet_libraries()
   logs.quiet_libraries()

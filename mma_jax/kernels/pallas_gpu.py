@@ -14,16 +14,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
+
+try:  # JAX 0.11 deprecated Pallas's Triton backend; a later JAX removes it
+  from jax.experimental.pallas import triton as plgpu
+  AVAILABLE = True
+except ImportError:
+  plgpu = None
+  AVAILABLE = False
 
 from mma_jax.kernels import block_mask, flash
 from mma_jax.kernels.block_mask import TokenIds
 from mma_jax.kernels.flash import BlockSizes
+
+
+# JAX 0.11+ warns at every lowering of a Triton kernel (three per layer): once per process says
+# it. The message is jax's (jax/_src/pallas/triton/pallas_call_registration.py).
+warnings.filterwarnings("once", message="The Pallas Triton backend is deprecated",
+                        category=DeprecationWarning)
+
+UNAVAILABLE = ("the installed JAX has no Pallas Triton backend (deprecated in JAX 0.11, since "
+               "removed): choose another config.model.llm.attention, or pin jax < its removal")
 
 
 def default_blocks(head_dim: int) -> BlockSizes:
@@ -50,6 +66,8 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
     is the CPU); num_warps / num_stages: Triton launch settings.
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
+  if not AVAILABLE:
+    raise NotImplementedError(UNAVAILABLE)
   d = q.shape[-1]
   if interpret is None:
     interpret = jax.default_backend() == "cpu"

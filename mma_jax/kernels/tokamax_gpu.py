@@ -23,9 +23,15 @@ channel (text + one other modality) is expressible; decode steps (a query chunk 
 KV cache) run the fallback (blockwise, in attention.py). Whether the ranges are exactly the
 mask is checked per call by counting each row's allowed keys: where not (mma_conversation
 across turns), the fallback runs instead (lax.cond: only one branch executes).
+
+The kernel is reached through the installed tokamax's own registry (`op`: key "mosaic_gpu" in
+0.0.17; a version without it is a clear error naming it). Its "xla" implementation takes the
+same Mask(k_start, k_end) and runs on the CPU: the tests run this whole path through it.
 """
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
 
 import jax
@@ -115,18 +121,63 @@ def range_mask(k_start, k_end, length: int):
   return (r >= k_start[..., None]) & (r < k_end[..., None])
 
 
-def _tokamax_kernel(q, k, v, k_start, k_end, scale: float):
-  """tokamax's Mosaic GPU flash attention with per-row key ranges."""
+# tokamax's registry key for its Mosaic GPU flash attention (0.0.17: api.IMPLEMENTATIONS; the
+# public dot_product_attention's "mosaic" is an alias it resolves per device, not a key).
+MOSAIC_GPU = "mosaic_gpu"
+
+
+def version() -> str:
+  try:
+    return importlib.metadata.version("tokamax")
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def op(name: str = MOSAIC_GPU):
+  """tokamax's attention op `name` (a registry key: "mosaic_gpu", or "xla" for its CPU path),
+  reached through the installed version's registry, else its op class.
+
+  Raises: ImportError without tokamax; LookupError naming the installed version and its keys
+    when neither route has `name`.
+  """
   if not installed():
     raise ImportError(INSTALL_HINT)
   # pylint: disable-next=g-import-not-at-top (optional dependency, Python >= 3.12 only)
-  from tokamax._src.ops.attention import api, base
-  mask = base.Mask(k_start=k_start[:, None, :], k_end=k_end[:, None, :])
-  return api.IMPLEMENTATIONS["mosaic"](q, k, v, mask=mask, logits_scale=scale)
+  from tokamax._src.ops.attention import api
+  registry = getattr(api, "IMPLEMENTATIONS", None) or {}
+  if name in registry:
+    return registry[name]
+  if name == MOSAIC_GPU:  # a version that ships the op class without registering it
+    try:
+      # pylint: disable-next=g-import-not-at-top
+      from tokamax._src.ops.attention import pallas_mosaic_gpu
+      return pallas_mosaic_gpu.PallasMosaicGpuFlashAttention()
+    except (ImportError, AttributeError):
+      pass
+  raise LookupError(
+      f"tokamax {version()} has no attention implementation {name!r} (its registry "
+      f"tokamax._src.ops.attention.api.IMPLEMENTATIONS has {sorted(registry)}). mma_jax is "
+      "tested with tokamax 0.0.17; install that (`pip install tokamax==0.0.17`) or choose "
+      "config.model.llm.attention='pallas_gpu' or 'blockwise'.")
 
 
-def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None, fallback=None):
-  """Masked self-attention from the compact ids, on tokamax (or `kernel`, same signature).
+def tokamax_kernel(q, k, v, k_start, k_end, scale: float, implementation: str = MOSAIC_GPU):
+  """tokamax's flash attention `implementation` with per-row key ranges.
+
+  Args: q f[B, L, H, D]; k, v f[B, L, K, D]; k_start, k_end i32[B, L]; scale: logits scale.
+  Returns: f[B, L, H, D].
+  """
+  # pylint: disable-next=g-import-not-at-top (optional dependency, Python >= 3.12 only)
+  from tokamax._src.ops.attention import base
+  mask = base.Mask(k_start=k_start[:, None, :], k_end=k_end[:, None, :])  # [B, heads 1, L]
+  return op(implementation)(q, k, v, mask=mask, logits_scale=scale)
+
+
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = MOSAIC_GPU,
+              fallback=None):
+  """Masked self-attention from the compact ids, on tokamax's `implementation`: a registry
+  key ("mosaic_gpu" on a GPU; "xla", its reference path, runs anywhere), or a function with
+  tokamax_kernel's (q, k, v, k_start, k_end, scale) signature (tests without tokamax).
 
   Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens; fallback(q, k, v,
     q_ids, k_ids): what runs instead when the mask is not ranges in the new order (only that
@@ -143,8 +194,9 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, kernel=None, fallback=N
 
   def ranged(q, k, v):
     gather = lambda x: jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
-    out = (kernel or _tokamax_kernel)(gather(q), gather(k), gather(v), k_start, k_end,
-                                      q.shape[-1] ** -0.5)
+    kernel = (functools.partial(tokamax_kernel, implementation=implementation)
+              if isinstance(implementation, str) else implementation)
+    out = kernel(gather(q), gather(k), gather(v), k_start, k_end, q.shape[-1] ** -0.5)
     out = jnp.take_along_axis(out, jnp.argsort(perm, axis=1)[:, :, None, None], axis=1)
     return jnp.where((q_ids.segment != 0)[:, :, None, None], out, 0).astype(q.dtype)
 

@@ -1,7 +1,9 @@
 """tokamax's path: one key order in which every mask row is a key range, checked against the
 dense mask (any kind, packed, multi-image, multi-turn, either order), and the whole
-permute -> ranged attention -> unpermute path against dense attention with a reference kernel
-(tokamax itself needs a Hopper GPU and Python >= 3.12)."""
+permute -> ranged attention -> unpermute path against dense attention: through tokamax's own
+API where it is installed (Python >= 3.12: its "xla" implementation takes the same
+Mask(k_start, k_end) as its Mosaic GPU kernel, and runs on the CPU), else with a reference
+kernel; and the Mosaic GPU op reached through the installed version's own registry."""
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -47,8 +49,15 @@ def _reference(q, k, v, k_start, k_end, scale):
                                          tokamax_gpu.range_mask(k_start, k_end, q.shape[1]))
 
 
+needs_tokamax = pytest.mark.skipif(not tokamax_gpu.installed(),
+                                   reason="tokamax is not installed (Python >= 3.12 only)")
+KERNELS = [pytest.param("xla", marks=needs_tokamax, id="tokamax-xla"),
+           pytest.param(_reference, id="reference")]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", masks.KINDS)  # mma_conversation: not ranges, the fallback runs
-def test_attention_and_gradients_equal_the_dense_path(kind):
+def test_attention_and_gradients_equal_the_dense_path(kind, kernel):
   # two packed examples (two images before the question; question before the image, two
   # turns) and padding
   layout = "PIIIIPPPAAA" + "PPIIPAAPIPA" + "..."
@@ -63,7 +72,7 @@ def test_attention_and_gradients_equal_the_dense_path(kind):
     out = fn(q, k, val)
     return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
 
-  ours = lambda q, k, val: tokamax_gpu.attention(q, k, val, q_ids, k_ids, kernel=_reference,
+  ours = lambda q, k, val: tokamax_gpu.attention(q, k, val, q_ids, k_ids, kernel,
                                                  fallback=attention.blockwise.attention)
   dense = lambda q, k, val: attention.attention(q, k, val, q_ids, k_ids, "xla")
   (_, out), grads = jax.value_and_grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2),
@@ -75,6 +84,18 @@ def test_attention_and_gradients_equal_the_dense_path(kind):
   np.testing.assert_allclose(out, want, atol=1e-5)
   for g, w in zip(grads, want_grads):
     np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+@needs_tokamax
+def test_the_mosaic_gpu_op_is_reached_through_the_installed_registry():
+  # 55e6723 looked up "mosaic", an alias of the public API that the registry does not hold:
+  # every GPU call raised KeyError.
+  from tokamax._src.ops.attention import api, pallas_mosaic_gpu  # pylint: disable=g-import-not-at-top
+  got = tokamax_gpu.op()
+  assert got is api.IMPLEMENTATIONS[tokamax_gpu.MOSAIC_GPU]
+  assert isinstance(got, pallas_mosaic_gpu.PallasMosaicGpuFlashAttention)
+  with pytest.raises(LookupError, match=f"tokamax {tokamax_gpu.version()} .*'xla'"):
+    tokamax_gpu.op("no_such_kernel")
 
 
 def test_three_modalities_and_a_missing_tokamax_are_clear_errors():
