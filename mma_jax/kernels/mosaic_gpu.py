@@ -207,6 +207,21 @@ class _KeyStream:
       plgpu.barrier_wait(self.consumed.at[slot])
       self.issue(j + self.stages, slot)
 
+  def drain(self):
+    _drain(self.consumed, self.stages, self.count(), self.wg)
+
+
+def _drain(consumed, stages: int, steps, wg):
+  """Warpgroup 0 observes the last release of each slot (the ones no refill waited for).
+
+  Costs one wait at the end; keeps every barrier phase observed by its waiter, which GPU
+  interpret mode checks when the barrier is freed (jax 0.11).
+  """
+  @pl.when(wg == 0)
+  def _():
+    for s in range(stages):
+      pl.when(s < steps)(functools.partial(plgpu.barrier_wait, consumed.at[s]))
+
 
 def _stream_scratch(st: _Static, size, d, dtype, nf, num_wg):
   """SMEM slots and barriers for a _KeyStream of two [size, d] tiles plus ids [nf, size]."""
@@ -269,6 +284,7 @@ def _forward(st: _Static, q, k, v, q_ids, k_ids):
     carry = (_zeros((ROWS, d), _WGMMA),
              plgpu.layout_cast(jnp.full((ROWS,), NEG, jnp.float32), _ROW), _zeros((ROWS,), _ROW))
     acc, m, l = lax.fori_loop(0, stream.count(), body, carry)
+    stream.drain()
     # Rows that saw no key (padding): l = 0 -> output 0 and logsumexp 0 (flash.finish).
     empty = l == 0.0
     l = jnp.where(empty, 1.0, l)
@@ -340,6 +356,7 @@ def _backward(st: _Static, res, dout):
       return dq
 
     dq = lax.fori_loop(0, stream.count(), body, _zeros((ROWS, d), _WGMMA))
+    stream.drain()
     q_tile[...] = dq.astype(q_tile.dtype)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(q_tile, dq_ref.at[bb, q_rows, head])
@@ -420,6 +437,7 @@ def _backward(st: _Static, res, dout):
 
     zeros = _zeros((ROWS, d), _WGMMA)
     dk, dv = lax.fori_loop(0, steps, body, (zeros, zeros))
+    _drain(consumed, st.stages, steps, wg)
     k_tile[...] = dk.astype(k_tile.dtype)
     v_tile[...] = dv.astype(v_tile.dtype)
     plgpu.commit_smem()
