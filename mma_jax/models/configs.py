@@ -8,6 +8,8 @@ from mma_jax.kernels import IMPLEMENTATIONS
 
 # Rematerialisation policies of a scanned layer stack (mma_jax.models.layers maps them).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Auto loss chunking: f32 logits elements of one row's chunk (2^24: 64 MiB).
+AUTO_LOSS_ELEMENTS = 2 ** 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,17 @@ class LLMConfig:
   dtype: str = "float32"           # compute dtype; parameters stay float32
   remat: str = "none"              # one of REMAT_POLICIES
   attention: str = "auto"          # one of mma_jax.kernels.IMPLEMENTATIONS
+  # Tokens per chunk of the training loss (f32 logits of one chunk at a time, recomputed in the
+  # backward pass): 0 = auto (chunked once a row's logits pass AUTO_LOSS_ELEMENTS), -1 = whole.
+  loss_chunk: int = 0
   lora: LoRAConfig = LoRAConfig()
+
+  def loss_chunk_for(self, length: int) -> int:
+    """Tokens per loss chunk for rows of `length` tokens; 0 = the whole row at once."""
+    chunk = self.loss_chunk
+    if chunk == 0:  # auto: the largest power of two keeping a chunk's row under the budget
+      chunk = max(128, 2 ** max(0, (AUTO_LOSS_ELEMENTS // self.vocab_size).bit_length() - 1))
+    return chunk if 0 < chunk < length else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +91,10 @@ class ViTConfig:
   ln_eps: float = 1e-6
   dtype: str = "float32"
   remat: str = "none"
+  # Images the tower encodes per pass, per row of a micro-batch on average: a static
+  # ceil(images_per_row x rows) per batch shard; a batch with more real images takes further
+  # passes, empty slots none. 0 = every slot in one pass, empty ones too.
+  images_per_row: float = 0.0
   lora: LoRAConfig = LoRAConfig()
 
   @property
@@ -159,6 +175,8 @@ def validate(cfg: VLMConfig) -> None:
        f"model.llm.attention={m.attention!r}: use one of {IMPLEMENTATIONS}"),
       (m.remat in REMAT_POLICIES, f"model.llm.remat={m.remat!r}: use one of {REMAT_POLICIES}"),
       (v.remat in REMAT_POLICIES, f"model.vision.remat={v.remat!r}: use one of {REMAT_POLICIES}"),
+      (v.images_per_row >= 0, "model.vision.images_per_row must be 0 (every slot) or positive"),
+      (m.loss_chunk >= -1, "model.llm.loss_chunk must be -1 (whole), 0 (auto) or positive"),
   ]
   for ok, message in checks:
     if not ok:

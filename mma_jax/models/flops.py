@@ -3,7 +3,13 @@
 Counted: every matmul, 2 FLOPs per multiply-add (projections, MLPs, patch embedding, heads)
 and attention's two matmuls (scores and values) over the full row, as the PaLM paper's MFU
 does (no halving for the causal mask; packed rows count as one sequence). Not counted:
-elementwise ops, softmax, norms, and recomputation under remat: MFU, not hardware FLOPs.
+elementwise ops, softmax, norms, and recomputation under remat (or of the chunked loss's
+logits): MFU, not hardware FLOPs.
+
+Images: the vision tower and the connector count the images they encode: every slot, or with
+model.vision.images_per_row one pass of that many per row (VLM.embed_images skips empty
+slots); `real_images` (filled slots per row, e.g. the step's "images" metric / rows) gives the
+useful count instead.
 
 Backward: a component whose parameters train costs 2x its forward (weight and input gradients);
 a frozen one that a gradient must still cross (the LLM when only the connector trains) costs its
@@ -78,22 +84,33 @@ def llm(cfg: LLMConfig, length: int) -> Flops:
                cfg.layers * _attention(length, length, cfg.heads, d))
 
 
-def forward(cfg: VLMConfig, batch: int, length: int, images: int) -> dict[str, Flops]:
-  """Forward FLOPs per component for `batch` rows of `length` tokens with `images` slots each
-  (every slot is encoded, filled or not)."""
-  return {"vision": vision(cfg.vision) * (batch * images),
-          "connector": connector(cfg) * (batch * images),
+def encoded_images(cfg: ViTConfig, images: int, real_images: float | None = None) -> float:
+  """Images per row the tower encodes: `real_images` when given (the useful count), else one
+  pass of images_per_row when set, else every one of the `images` slots."""
+  if real_images is not None:
+    return min(real_images, images)
+  return min(cfg.images_per_row, images) if cfg.images_per_row else images
+
+
+def forward(cfg: VLMConfig, batch: int, length: int, images: int,
+            real_images: float | None = None) -> dict[str, Flops]:
+  """Forward FLOPs per component for `batch` rows of `length` tokens with `images` slots each,
+  of which encoded_images(...) per row go through the tower."""
+  encoded = batch * encoded_images(cfg.vision, images, real_images)
+  return {"vision": vision(cfg.vision) * encoded,
+          "connector": connector(cfg) * encoded,
           "llm": llm(cfg.llm, length) * batch}
 
 
 def train_step(cfg: VLMConfig, batch: int, length: int, images: int,
-               trainable: dict[str, bool]) -> float:
+               trainable: dict[str, bool], real_images: float | None = None) -> float:
   """Model FLOPs of one optimizer step over the global batch (all micro-batches).
 
-  trainable: component name -> whether any of its parameters train.
+  trainable: component name -> whether any of its parameters train; real_images: filled image
+  slots per row on average, for the useful count (None: what the step encodes).
   """
   total, upstream = 0.0, False
-  for name, f in forward(cfg, batch, length, images).items():
+  for name, f in forward(cfg, batch, length, images, real_images).items():
     grads_flow = trainable[name] or upstream  # a gradient passes through this component
     backward = f.weights * (trainable[name] + grads_flow) + 2 * f.attention * grads_flow
     total += f.total + backward

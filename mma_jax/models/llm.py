@@ -96,8 +96,13 @@ class LLM(nn.Module):
     """tokens: i32[B, L] -> f[B, L, E]."""
     return self.embedder(tokens)
 
+  def head(self, x):
+    """Final-normed hidden states f[B, L, E] -> logits f32[B, L, V]."""
+    logits = self.embedder.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
+    return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
   def __call__(self, x, positions, q_ids: attn_lib.TokenIds, k_ids: attn_lib.TokenIds,
-               cache: Cache | None = None, cache_index: Any = 0):
+               cache: Cache | None = None, cache_index: Any = 0, logits: bool = True):
     """Run the decoder.
 
     Args:
@@ -105,6 +110,7 @@ class LLM(nn.Module):
       q_ids: TokenIds of these L tokens; k_ids: TokenIds of the keys: the same L tokens, or all
         S cache slots when a cache is given (the chunk already written into them).
       cache: optional Cache; the chunk is written at slot cache_index.
+      logits: False returns the final-normed hidden states f[B, L, E] instead of the logits.
     Returns: (logits f32[B, L, V], updated layer k/v as (k, v) f[layers, B, S, K, D] or None).
     """
     cfg = self.cfg
@@ -113,8 +119,4 @@ class LLM(nn.Module):
     kv = None if cache is None else (cache.k, cache.v)
     x, kv = self.layers(x, kv, sc, q_ids, k_ids, cache_index)
     x = self.final_norm(x)
-    if cfg.tie_embeddings:
-      logits = self.embedder.attend(x)
-    else:
-      logits = self.lm_head(x)
-    return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab")), kv
+    return (self.head(x) if logits else x), kv

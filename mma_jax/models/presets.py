@@ -84,4 +84,8 @@ def model(name: str) -> ml_collections.ConfigDict:
   """The config.model section of preset `name` (one of NAMES)."""
   if name not in _PRESETS:
     raise ValueError(f"Unknown model preset {name!r}; choose one of {NAMES}.")
-  return ml_collections.ConfigDict(_PRESETS[name]())
+  model = _PRESETS[name]()
+  # The train step's knobs, present so that --config.model... overrides can set them.
+  model["vision"].setdefault("images_per_row", 0.0)
+  model["llm"].setdefault("loss_chunk", 0)
+  return ml_collections.ConfigDict(model)

@@ -7,9 +7,10 @@
   activations  an estimate: what a micro-batch keeps for the backward pass under the remat
                policy (layer inputs for 'full', also the projections' outputs for the 'dots'
                policies, everything for 'none'), plus one layer recomputed with its gradients
-               and the float32 logits with their softmax and gradient; attention scores count
+               and the float32 logits with their softmax and gradient (of one chunk of
+               model.llm.loss_chunk tokens when the loss is chunked); attention scores count
                on the dense 'xla' path only (kernels keep softmax statistics); a frozen vision
-               tower keeps nothing
+               tower keeps nothing and works on one pass of model.vision.images_per_row
 
 The model's own FLOPs are in mma_jax.models.flops; the compiled step's real footprint on the
 running backend is what the training loop logs next to this estimate (XLA's memory analysis).
@@ -109,7 +110,10 @@ def activations(cfg: VLMConfig, mesh, rules, micro_batch: int, length: int, imag
   grads_to_vision = trainable.get("vision", False)
   grads_to_llm = grads_to_vision or trainable.get("connector", False) or trainable.get("llm", False)
   n_img = rows * images
-  vis = _stack(n_img * v.num_patches, v.num_patches, v.hidden, v.heads, v.heads,
+  # A frozen tower's working set is one pass; a trained one keeps every pass for its backward.
+  vis_img = n_img if grads_to_vision or not v.images_per_row else min(
+      n_img, math.ceil(v.images_per_row * rows))
+  vis = _stack(vis_img * v.num_patches, v.num_patches, v.hidden, v.heads, v.heads,
                v.hidden // v.heads, v.mlp_dim, v.layers, v.remat, grads_to_vision, v.dtype,
                True, mesh, rules)
   s = np.dtype(layers.dtype_of(m.dtype)).itemsize
@@ -124,8 +128,8 @@ def activations(cfg: VLMConfig, mesh, rules, micro_batch: int, length: int, imag
   dense = attn_lib.resolve(m.attention, length, backend) == "xla"
   lm = _stack(rows * length, length, m.hidden, m.heads, m.kv_heads, m.head_dim, m.mlp_dim,
               m.layers, m.remat, grads_to_llm, m.dtype, dense, mesh, rules)
-  # float32 logits, their softmax (for the gradient) and the gradient itself
-  logits = rows * length * m.vocab_size / _split(mesh, rules, "vocab", m.vocab_size) * 4 * 3
+  # float32 logits, their softmax (for the gradient) and the gradient itself, of one chunk
+  logits = rows * (m.loss_chunk_for(length) or length) * m.vocab_size / _split(mesh, rules, "vocab", m.vocab_size) * 4 * 3
   return int(vis + conn + lm + logits + 2 * rows * length * m.hidden * s)
 
 
@@ -175,19 +179,24 @@ def estimate(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, im
                optimizer.trainable_mask(params, optim_cfg.freeze), grad_accum, acts)
 
 
-def compiled(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, images: int,
-             grad_accum: int = 1):
-  """XLA's memory analysis of the train step compiled for `mesh` (real or fake devices).
-
-  The inputs are ShapeDtypeStructs: nothing is allocated. Returns jax's CompiledMemoryStats
-  (argument_size_in_bytes, temp_size_in_bytes, ...) of one device.
-  """
+def compile_step(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, images: int,
+                 grad_accum: int = 1, kind: str = "mma"):
+  """The train step compiled for `mesh` (real or fake devices) from ShapeDtypeStructs: nothing
+  is allocated. Returns jax's Compiled (memory_analysis(), cost_analysis())."""
   data = tokens.abstract_batch(batch, length, images, cfg.vision.image_size, train=True)
   with sharding.use(mesh, rules):
     params, _ = build.param_shardings(cfg, mesh, rules)
     opt, _ = optimizer.make(optim_cfg, 1, params)
     state = step_lib.abstract_state(cfg, opt, mesh, rules)
-    step = step_lib.jit_train_step(vlm.VLM(cfg), opt, "mma", grad_accum,
+    step = step_lib.jit_train_step(vlm.VLM(cfg), opt, kind, grad_accum,
                                    optimizer.trainable_mask(params, optim_cfg.freeze),
                                    jax.tree_util.tree_map(lambda x: x.sharding, state), mesh)
-    return step.lower(state, data).compile().memory_analysis()
+    return step.lower(state, data).compile()
+
+
+def compiled(cfg: VLMConfig, mesh, rules, optim_cfg, batch: int, length: int, images: int,
+             grad_accum: int = 1):
+  """XLA's memory analysis of the train step compiled for `mesh` (compile_step): jax's
+  CompiledMemoryStats (argument_size_in_bytes, temp_size_in_bytes, ...) of one device."""
+  return compile_step(cfg, mesh, rules, optim_cfg, batch, length, images,
+                      grad_accum).memory_analysis()

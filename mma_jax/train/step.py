@@ -37,14 +37,59 @@ def token_loss(logits, targets, loss_mask):
   return jnp.sum(nll * mask), jnp.sum(mask)
 
 
+def chunked_token_loss(head, x, targets, loss_mask, chunk: int):
+  """token_loss without the whole logits: `chunk` tokens of every row at a time, each chunk's
+  logits recomputed in the backward pass (jax.checkpoint), so only one chunk's f32 logits
+  [B, chunk, V] and their gradient are ever live.
+
+  Args: head: f[B, C, E] -> logits f32[B, C, V]; x f[B, L, E] (final-normed hidden states);
+    targets i32[B, L]; loss_mask bool[B, L]; chunk: C, tokens per chunk.
+  Returns: (sum f32[], count f32[]).
+  """
+  b, length, e = x.shape
+  n = -(-length // chunk)
+  pad = ((0, 0), (0, n * chunk - length))
+  # [n, B, C, ...]: the scan walks the chunks, every chunk keeps the batch's sharding
+  split = lambda a: jnp.moveaxis(a.reshape((b, n, chunk) + a.shape[2:]), 1, 0)
+  xs = (split(jnp.pad(x, pad + ((0, 0),))), split(jnp.pad(targets, pad)),
+        split(jnp.pad(loss_mask, pad)))
+
+  @jax.checkpoint
+  def one(x_c, t_c, m_c):
+    return token_loss(head(x_c), t_c, m_c)
+
+  def body(carry, chunk_xs):
+    s, c = one(*chunk_xs)
+    return (carry[0] + s, carry[1] + c), None
+
+  (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), xs)
+  return total, count
+
+
+def model_loss(model: vlm.VLM, params, batch, kind: str):
+  """Summed NLL over the batch's loss_mask and its count: through chunked_token_loss when
+  model.llm.loss_chunk asks for chunks at this length, else over the whole logits."""
+  inputs = tokens.model_inputs(batch)
+  chunk = model.cfg.llm.loss_chunk_for(batch["tokens"].shape[1])
+  if not chunk:
+    logits, _ = model.apply({"params": params}, inputs, kind)
+    return token_loss(logits, batch["targets"], batch["loss_mask"])
+  x, _ = model.apply({"params": params}, inputs, kind, logits=False)
+  head = lambda h: model.apply({"params": params}, h, method=vlm.VLM.head)
+  return chunked_token_loss(head, x, batch["targets"], batch["loss_mask"], chunk)
+
+
 def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str,
                     grad_accum: int, trainable):
   """jit-able (state, batch) -> (state, metrics); the loss averages over all response tokens
   of the step, whether they come in one batch or in grad_accum micro-batches."""
 
   def loss_sum(params, batch):
-    logits, _ = model.apply({"params": params}, tokens.model_inputs(batch), kind)
-    return token_loss(logits, batch["targets"], batch["loss_mask"])
+    # Frozen parameters take no gradient: no backward pass is traced for what only they need
+    # (the vision tower at the input, even inside encode_used's scan).
+    params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
+                                    trainable)
+    return model_loss(model, params, batch, kind)
 
   def step(state: TrainState, batch):
     # Micro-batch k takes rows k, k + grad_accum, ...: every device keeps its own rows.
@@ -61,13 +106,14 @@ def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str
     (grads, total, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
     count = jnp.maximum(count, 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / count, grads)
-    # Frozen parameters' gradients are never read, so XLA drops their computation.
     grad_norm = optax.global_norm([g for g, t in zip(jax.tree_util.tree_leaves(grads),
                                                      jax.tree_util.tree_leaves(trainable)) if t])
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    images = vlm.used_slots(batch["modality"], model.cfg.tokens_per_image,
+                            batch["images"].shape[1])
     metrics = {"loss": total / count, "grad_norm": grad_norm, "loss_tokens": count,
-               "tokens": jnp.sum(batch["segment_ids"] != 0)}
+               "tokens": jnp.sum(batch["segment_ids"] != 0), "images": jnp.sum(images)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step

@@ -1,12 +1,14 @@
 """The VLM through behaviour: who can influence whom under each mask kind."""
+import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mma_jax.models import vlm
+from mma_jax.models import flops, vit, vlm
 from tests.layouts import model_batch, tiny_vlm_config
 
 # System/BOS, one image (4 tokens), a question, the assistant header, an answer.
@@ -111,15 +113,93 @@ def test_perceiver_connector_and_llm_variants_run():
   assert any("'q']['bias'" in n for n in names)
 
 
-def test_remat_policies_give_the_same_gradients(model_and_params):
-  model, params = model_and_params
-  batch = model_batch(LAYOUT)
-  remat_model = vlm.VLM(tiny_vlm_config(remat="full"))
-
+def assert_same_gradients(model_a, model_b, params, batch, rtol=1e-5):
+  """Both models' gradients of mean(logits^2) agree."""
   def loss(m, p):
     return jnp.mean(m.apply(p, batch, "mma")[0] ** 2)
 
-  g1 = jax.jit(jax.grad(functools.partial(loss, model)))(params)
-  g2 = jax.jit(jax.grad(functools.partial(loss, remat_model)))(params)
+  g1 = jax.jit(jax.grad(functools.partial(loss, model_a)))(params)
+  g2 = jax.jit(jax.grad(functools.partial(loss, model_b)))(params)
   for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=1e-6)
+
+
+def test_remat_policies_give_the_same_gradients(model_and_params):
+  model, params = model_and_params
+  assert_same_gradients(model, vlm.VLM(tiny_vlm_config(remat="full")), params,
+                        model_batch(LAYOUT))
+
+
+# Two rows of 4 image slots: row 0 holds 2 images (2 examples), row 1 holds 1; 5 slots empty.
+_ROW = "P" + "I" * 4 + "PPPAA"
+_TWO_ROWS = [("P" + "I" * 4 + "PPPAA" + "P" + "I" * 4 + "PPA", "1" * 10 + "2" * 8),
+             (_ROW + "." * 8, "1" * 10 + "0" * 8)]
+
+
+def _two_rows():
+  rows = [model_batch(kind, seg=seg, num_images=4, seed=i) for i, (kind, seg)
+          in enumerate(_TWO_ROWS)]
+  return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def _with_budget(per_row):
+  cfg = tiny_vlm_config()
+  return vlm.VLM(dataclasses.replace(
+      cfg, vision=dataclasses.replace(cfg.vision, images_per_row=per_row)))
+
+
+def _tower_runs(model, params, batch):
+  """Logits, and the images each run of the vision tower got (recorded as it runs)."""
+  runs = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, vit.ViT) and context.method_name == "__call__":
+      jax.debug.callback(lambda x: runs.append(np.asarray(x)), args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    out = jax.jit(lambda p, b: model.apply(p, b, "mma")[0])(params, batch)
+  return np.asarray(out), runs
+
+
+@pytest.fixture(scope="module")
+def two_rows_params():
+  return jax.jit(vlm.VLM(tiny_vlm_config()).init, static_argnums=2)(
+      jax.random.key(0), _two_rows(), "mma")
+
+
+def test_empty_image_slots_are_not_encoded(two_rows_params):
+  batch = _two_rows()
+  real = np.concatenate([batch["images"][0, :2], batch["images"][1, :1]])
+  full, runs = _tower_runs(_with_budget(0.0), two_rows_params, batch)
+  assert [r.shape[0] for r in runs] == [8]  # every slot, empty ones too
+  # 1.5 images per row: one pass of 3, exactly the real images, in order.
+  out, runs = _tower_runs(_with_budget(1.5), two_rows_params, batch)
+  assert len(runs) == 1
+  np.testing.assert_array_equal(runs[0], real)
+  np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
+  # A budget below the real count takes a second pass (its last image a never-read filler).
+  out, runs = _tower_runs(_with_budget(1.0), two_rows_params, batch)
+  assert [r.shape[0] for r in runs] == [2, 2]
+  np.testing.assert_array_equal(np.concatenate(runs)[:3], real)
+  np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
+  # No image at all: the tower never runs.
+  text = dict(batch, modality=np.zeros_like(batch["modality"]))
+  _, runs = _tower_runs(_with_budget(1.0), two_rows_params, text)
+  assert runs == []
+
+
+def test_encoding_used_slots_keeps_shapes_static_and_the_gradients(two_rows_params):
+  batch = _two_rows()
+  full, budget = _with_budget(0.0), _with_budget(1.5)
+
+  def compiled_flops(model):
+    return jax.jit(lambda p: model.apply(p, batch, "mma")[0]).lower(
+        two_rows_params).compile().cost_analysis()["flops"]
+
+  cfg = budget.cfg
+  per_image = (flops.vision(cfg.vision) + flops.connector(cfg)).total
+  saved = compiled_flops(full) - compiled_flops(budget)
+  # 5 empty slots' tower + connector matmuls (XLA also counts this tiny tower's elementwise ops)
+  assert 1.0 <= saved / ((8 - 3) * per_image) < 1.2
+  assert_same_gradients(full, budget, two_rows_params, batch, rtol=1e-4)
