@@ -99,7 +99,7 @@ def _train() -> ml_collections.ConfigDict:
   t.grad_accum = 1     # micro-batches per step (batch_size must divide)
   t.log_every = 50
   t.checkpoint_every = 500
-  t.keep = 2
+  t.keep = 2           # checkpoints kept (>= 2: a damaged newest one has one to fall back on)
   t.async_checkpoint = True
   t.eval_every = 0     # validation every N steps; 0 = only the final test evaluation
   t.peak_flops = 0.0   # per device, for MFU; 0 = unknown (not reported)
@@ -161,6 +161,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
   need(c.train.log_every > 0, "train.log_every", "must be positive")
+  need(c.train.keep >= 2, "train.keep", "must be at least 2: the newest checkpoint is never "
+       "the only one kept, so a resume has an older one to fall back on if it is damaged")
   need(c.eval.rule in ("",) + scoring.RULES, "eval.rule",
        f"use '' (= {scoring.DEFAULT_RULE}) or one of {scoring.RULES}")
   scoring.parse_list(c.eval.benchmarks)  # an unknown name: an error naming the key

@@ -1,9 +1,12 @@
 """Grain input pipeline: records -> shuffled, sharded, tokenized, packed, batched training rows.
 
   MapDataset.source -> shuffle(seed) -> repeat -> shard per process -> map(encode) ->
-  filter(bad, counted) -> to_iter_dataset -> first-fit pack to pack_length (each example with
+  to_iter_dataset -> filter(bad, counted) -> first-fit pack to pack_length (each example with
   its images into max_images slots; padding mode = one example per row) -> finish rows
   (segment ids, targets, loss mask, image scaling) -> batch -> thread prefetch.
+
+Grain maps records well ahead of what training reads (in threads); a bad record is therefore
+counted where the pipeline reads it in order, after to_iter_dataset, once per time it is used.
 
 A training batch (numpy; the keys are mma_jax.tokens.TRAIN_KEYS):
   tokens, targets, segment_ids, modality, role, turn, positions i32[B, L]; loss_mask bool[B, L]
@@ -14,7 +17,7 @@ token is a response token: the loss of token i predicts token i + 1.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import grain
 import jax
@@ -38,22 +41,36 @@ class SkipCounter:
       self.count += 1
       logging.warning("Skipped bad record (%d so far): %s", self.count, reason)
 
+  def keep(self, example) -> bool:
+    """A filter: False (counted and logged) for a Skipped record, True for an example."""
+    if isinstance(example, Skipped):
+      self.skip(example.reason)
+      return False
+    return True
+
+
+class Skipped(NamedTuple):
+  """What Encode gives for a bad record under skip_bad_records: why (the record's id first)."""
+  reason: str
+
 
 class Encode:
-  """record -> example dict, checking it fits a row; bad records raise or are counted."""
+  """record -> example dict, checking it fits a row; a bad record raises, or with
+  skip_bad_records becomes Skipped."""
 
   def __init__(self, encode_fn: Callable[[Any], dict], pack_length: int, max_images: int,
-               skip_bad_records: bool, counter: SkipCounter):
+               skip_bad_records: bool):
     self.encode_fn, self.pack_length, self.max_images = encode_fn, pack_length, max_images
-    self.skip_bad_records, self.counter = skip_bad_records, counter
+    self.skip_bad_records = skip_bad_records
 
   def __call__(self, record):
     try:
       ex = self.encode_fn(record)
       n, k = len(ex["tokens"]), len(ex["images"])
       if n > self.pack_length or k > self.max_images:
+        source = f" (source {record['source']!r})" if record.get("source") else ""
         raise BadRecord(
-            f"Record {record.get('id')!r} has {n} tokens and {k} images; a row holds "
+            f"Record {record.get('id')!r}{source} has {n} tokens and {k} images; a row holds "
             f"config.data.pack_length={self.pack_length} tokens and config.data.max_images="
             f"{self.max_images} images. Raise them (samples are never truncated) or set "
             "config.data.skip_bad_records=True to skip such records with a count.")
@@ -61,8 +78,7 @@ class Encode:
     except BadRecord as e:
       if not self.skip_bad_records:
         raise
-      self.counter.skip(str(e))
-      return None
+      return Skipped(str(e))  # counted by SkipCounter.keep when the pipeline reads it
 
 
 def finish_row(packed) -> dict:
@@ -95,9 +111,8 @@ def train_dataset(source, encode_fn: Callable[[Any], dict], *, batch_size: int,
   counter = counter or SkipCounter()
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.map(Encode(encode_fn, pack_length, max_images, skip_bad_records, counter))
-  ds = ds.filter(lambda ex: ex is not None)
-  it = ds.to_iter_dataset()
+  ds = ds.map(Encode(encode_fn, pack_length, max_images, skip_bad_records))
+  it = ds.to_iter_dataset().filter(counter.keep)
   lengths = {k: pack_length for k in SEQUENCE_KEYS}
   lengths["images"] = max_images
   it = grain.experimental.FirstFitPackIterDataset(

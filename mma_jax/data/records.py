@@ -153,7 +153,8 @@ def with_pixels(record: dict, size: int, stage: str, grids=()) -> dict:
                     else images_lib.prepare(data, size, grids))
     except Exception as e:  # pylint: disable=broad-except
       raise chat.BadRecord(
-          f"Record {record['id']!r}: image {path!r} cannot be decoded ({type(e).__name__}: {e}). "
+          f"Record {record['id']!r} (source {record['source']!r}): image {path!r} cannot be "
+          f"decoded ({type(e).__name__}: {e}). "
           "Re-import the source, or set config.data.skip_bad_records=True to skip such records "
           "with a count.") from None
   spans, grouped = video_lib.media_spans(record["image"]), []

@@ -22,6 +22,7 @@ from clu import metric_writers, periodic_actions
 from mma_jax import checkpoint as ckpt_lib
 from mma_jax import config as config_lib
 from mma_jax import distributed, sharding, tokens
+from mma_jax.data import chat
 from mma_jax.data import task as task_lib
 from mma_jax.evaluate import runner, scoring
 from mma_jax.models import build, flops, lora, vlm
@@ -158,19 +159,18 @@ class Trainer:
     target = step_lib.abstract_state(self.model_cfg, opt, self.mesh, self.rules, c.optim)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, target)
     dtypes = jax.tree_util.tree_map(lambda x: x.dtype, target.params)
-    latest = self.ckpt.latest_step()
-    if latest is not None:
-      self.phase = self.ckpt.restore_meta(latest)["phase"]
-      iterator = self._iterator()
-      params, opt_state = self.ckpt.restore(latest, self._saved(target.params),
-                                            target.opt_state, iterator)
+    # the newest checkpoint that restores whole (a damaged newer one is logged and set aside)
+    restored = self.ckpt.restore_newest(self._saved(target.params), target.opt_state,
+                                        self._iterator)
+    if restored is not None:
+      self.phase, params = restored.phase, restored.params
       if lora.has_adapters(target.params):
         params = lora.combine(lora.split(self._start_params(dtypes))[0], params)
-      logging.info("Resuming from %s at step %d (phase %s).", self.ckpt.directory, latest,
-                   self.phases[self.phase])
-      state = step_lib.TrainState(jax.device_put(np.int32(latest), shardings.step), params,
-                                  opt_state)
-      return state, shardings, iterator
+      logging.info("Resuming from %s at step %d (phase %s).", self.ckpt.directory,
+                   restored.step, self.phases[self.phase])
+      state = step_lib.TrainState(jax.device_put(np.int32(restored.step), shardings.step),
+                                  params, restored.opt_state)
+      return state, shardings, restored.iterator
     self.phase = 0
     if lora.has_adapters(target.params) and jax.process_index() == 0:
       with open(os.path.join(self.workdir, "lora.json"), "w") as f:  # for convert export
@@ -180,7 +180,7 @@ class Trainer:
                       "connector and LLM from scratch.")
     state = step_lib.init_state(self.model, opt, c.seed, shardings, self.mesh, self.rules,
                                 self._start_params(dtypes))
-    return state, shardings, self._iterator()
+    return state, shardings, self._iterator(0)
 
   def _start_params(self, dtypes):
     """config.init_from's parameters (LoRA: its base, fresh adapters), else fresh ones."""
@@ -194,48 +194,82 @@ class Trainer:
     """What a checkpoint holds of the parameters: all of them, or the LoRA adapters alone."""
     return lora.split(params)[1] if lora.has_adapters(params) else params
 
-  def _iterator(self):
-    return self.task.train_iterator(self.phases[self.phase], self.model_cfg.tokens_per_image)
+  def _iterator(self, phase: int):
+    return self.task.train_iterator(self.phases[phase], self.model_cfg.tokens_per_image)
 
   # --- the loop ---------------------------------------------------------------------------------
 
   def run(self) -> dict[str, float]:
-    c = self.config
     with sharding.use(self.mesh, self.rules):
       train_step, log = self._setup()
-      report = periodic_actions.ReportProgress(num_train_steps=self.total_steps,
-                                               writer=self.writer)
-      start = step = int(jax.device_get(self.state.step))
-      with StopRequest(self.mesh) as stop:
-        while step < self.total_steps:
-          self._next_phase(step)
-          batch = sharding.put_batch(next(self.iterator), self.mesh)
-          if step == start:  # compiled here (the call reuses it) to report what it needs
-            self._report_memory(train_step.lower(self.state, batch).compile())
-            log.restart()
-          self.state, metrics = train_step(self.state, batch)
-          log.add(metrics)
-          step += 1
-          stopping = stop.after_step()
-          report(step)
-          log_now = step % c.train.log_every == 0 or step == self.total_steps
-          save_now = self._checkpoint_due(step) or stopping
-          if log_now or save_now:  # metrics to the host once; never log or save a NaN state
-            host = jax.device_get(metrics)
-            self._check_finite(host, step)
-            if log_now:
-              log.write(step, host)
-            if save_now:
-              self.ckpt.save(step, self._saved(self.state.params), self.state.opt_state,
-                             self.phase, self.iterator)
-          if c.train.eval_every and step % c.train.eval_every == 0:
-            val, _ = self._evaluate("validation")
-            self.writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
-          if stopping:
-            return self._stopped(step)
+      try:
+        step, stopped = self._train(train_step, log)
+      except BaseException as e:
+        self._abandon(e)
+        raise
+      if stopped:
+        return self._stopped(step)
       self._close_data()
       metrics, results = self._evaluate("test", os.path.join(self.workdir, "eval"))
     return self._finish(step, metrics, results)
+
+  def _train(self, train_step, log) -> tuple[int, bool]:
+    """Steps until the end or a stop request. Returns (the last step, whether stopped)."""
+    c = self.config
+    report = periodic_actions.ReportProgress(num_train_steps=self.total_steps,
+                                             writer=self.writer)
+    start = step = int(jax.device_get(self.state.step))
+    with StopRequest(self.mesh) as stop:
+      while step < self.total_steps:
+        self._next_phase(step)
+        batch = sharding.put_batch(self._next_batch(step), self.mesh)
+        if step == start:  # compiled here (the call reuses it) to report what it needs
+          self._report_memory(train_step.lower(self.state, batch).compile())
+          log.restart()
+        self.state, metrics = train_step(self.state, batch)
+        log.add(metrics)
+        step += 1
+        stopping = stop.after_step()
+        report(step)
+        log_now = step % c.train.log_every == 0 or step == self.total_steps
+        save_now = self._checkpoint_due(step) or stopping
+        if log_now or save_now:  # metrics to the host once; never log or save a NaN state
+          host = jax.device_get(metrics)
+          self._check_finite(host, step)
+          if log_now:
+            log.write(step, host)
+          if save_now:
+            self.ckpt.save(step, self._saved(self.state.params), self.state.opt_state,
+                           self.phase, self.iterator)
+        if c.train.eval_every and step % c.train.eval_every == 0:
+          val, _ = self._evaluate("validation")
+          self.writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+        if stopping:
+          return step, True
+    return step, False
+
+  def _next_batch(self, step: int):
+    """The next training batch. A record that fails (with config.data.skip_bad_records off)
+    stops the run naming it and the checkpoint a restart resumes from."""
+    try:
+      return next(self.iterator)
+    except chat.BadRecord as e:
+      last = self.ckpt.latest_step()
+      raise chat.BadRecord(
+          f"Training stopped at step {step + 1} by a bad record: {e} "
+          + (f"The last checkpoint, step {last} in {self.ckpt.directory}, is kept; the same "
+             "command resumes from it." if last is not None else "No checkpoint was saved yet.")
+      ) from e
+
+  def _abandon(self, error: BaseException) -> None:
+    """After an error: a save still writing finishes (the last good checkpoint), and the data
+    iterator's thread stops."""
+    if not isinstance(error, ckpt_lib.CheckpointError):
+      try:
+        self.ckpt.wait()
+      except ckpt_lib.CheckpointError as e:
+        logging.error("%s", e)
+    _close(self.iterator)
 
   def _setup(self):
     """The optimizer, the state (fresh or restored), the jitted step and the metrics log.
@@ -266,7 +300,7 @@ class Trainer:
     if step == (self.phase + 1) * self.config.train.steps:
       self.phase += 1
       _close(self.iterator)
-      self.iterator = self._iterator()
+      self.iterator = self._iterator(self.phase)
 
   def _checkpoint_due(self, step: int) -> bool:
     return (step % self.config.train.checkpoint_every == 0 or step == self.total_steps

@@ -1,6 +1,7 @@
 """The Grain pipeline: packing, the batch contract, determinism, iterator state, bad input."""
 import functools
 
+import grain
 import numpy as np
 import pytest
 
@@ -93,3 +94,17 @@ def test_too_long_sample_is_an_error_or_a_counted_skip():
   assert all(np.sum(b["segment_ids"] != 0) > 0 for b in batches)
   with pytest.raises(chat.BadRecord, match="broken-one"):
     _take(iter(_dataset(records[:4] + [broken])), 3)
+
+
+def test_a_skipped_record_is_counted_once_each_time_training_reads_it():
+  """Grain maps records far ahead of training (hundreds, over the repeated dataset); the count
+  is of the bad records the rows were built past, not of those decoded ahead."""
+  first = next(iter(grain.MapDataset.range(len(RECORDS)).shuffle(seed=0)))  # read first
+  records = list(RECORDS)
+  records[first] = dict(RECORDS[first], id="broken-one", images=[np.zeros((3,), np.uint8)])
+  counter = pipeline.SkipCounter()
+  it = iter(_dataset(records, packing=False, skip_bad_records=True, counter=counter))
+  next(it)
+  assert counter.count == 1
+  _take(it, 5)  # 12 of the 23 good records: the next pass (and the bad one again) is not read
+  assert counter.count == 1

@@ -73,8 +73,8 @@ def test_with_pixels_decodes_for_the_stage_and_names_bad_records(tmp_path):
   np.testing.assert_array_equal(sq["images"][0], square)
   with pytest.raises(chat.BadRecord, match=r"'r1' .* conversation record but config.stage='pt'"):
     records.with_pixels(r, 16, "pt")
-  with pytest.raises(chat.BadRecord, match=r"'r1': image 'b.png' cannot be decoded.*"
-                     "skip_bad_records"):
+  with pytest.raises(chat.BadRecord, match=r"'r1' \(source 'mine'\): image 'b.png' cannot be "
+                     r"decoded.*skip_bad_records"):
     records.with_pixels(record(images=[png, b"junk"]), 16, "sft")
 
 

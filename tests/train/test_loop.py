@@ -2,6 +2,7 @@
 import functools
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,7 @@ import pytest
 
 from mma_jax import config as config_lib
 from mma_jax import tokens
-from mma_jax.data import chat, pipeline, vocab
+from mma_jax.data import chat, mixture, pipeline, tfds_records, vocab
 from mma_jax.data import task as task_lib
 from mma_jax.data.shapes import generate
 from mma_jax.models import vlm
@@ -27,6 +29,7 @@ from mma_jax.train import optimizer
 from mma_jax.train import step as step_lib
 from mma_jax.evaluate import runner
 from mma_jax.train.loop import train_and_evaluate
+from tests.data.test_importers import png_bytes
 from tests.layouts import tiny_vlm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,6 +164,54 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   assert saved and f"step {saved[-1]}" in str(e.value)
   losses = read_log(str(tmp_path))
   assert all(np.isfinite(losses[s]) for s in saved)
+
+
+def _caption_source(root, name, n, bad):
+  """An imported PT source (ArrayRecord) of n caption records; record `bad`'s image bytes do not
+  decode (the importer checks images, so such a record only comes from damage after import)."""
+  items = [({"id": f"{name}-{i}", "image": [f"{i}.png"], "conversations": [],
+             "caption": "a red box", "source": name, "task_type": "caption"},
+            [b"\x89PNG damaged" if i == bad else png_bytes((10 * i, 0, 0))]) for i in range(n)]
+  tfds_records.write(os.path.join(root, name), "train", items)
+
+
+def _read_order(n, seed):
+  """Which record of a one-source mixture the pipeline reads at each position (its mix, then
+  its shuffle: Task.source and pipeline.train_dataset)."""
+  mixed = mixture.mix([grain.MapDataset.source(list(range(n)))], [1.0], seed)
+  return list(grain.MapDataset.source(mixed).shuffle(seed=seed))
+
+
+def test_a_record_that_fails_mid_run_stops_it_or_is_skipped(tmp_path, caplog):
+  # One example per row, 2 rows a step; Grain reads a few records ahead: this one fails at
+  # step 6, after the checkpoints of steps 2 and 4.
+  n, position = 48, 24
+  bad = _read_order(n, 0)[position]
+  _caption_source(str(tmp_path / "records"), "mine", n, bad)
+  c = small_config(str(tmp_path / "records"), steps=8, checkpoint_every=2, async_checkpoint=True)
+  c.update(stage="pt", mask="causal")
+  c.data.update(source="records", mixture="mine=1", packing=False, prefetch=2)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(chat.BadRecord) as e:
+    train_and_evaluate(c, workdir)
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved and saved[-1] >= 2 and max(read_log(workdir)) >= 3  # well after the start
+  assert saved[-1] < 8 and not os.path.exists(os.path.join(workdir, "results.json"))
+  msg = str(e.value)
+  assert f"Record 'mine-{bad}' (source 'mine'): image '{bad}.png' cannot be decoded" in msg
+  assert "Training stopped at step" in msg
+  assert f"The last checkpoint, step {saved[-1]} in {workdir}/checkpoints, is kept" in msg
+  # The same command with skip_bad_records: it resumes from that checkpoint and goes on,
+  # the record counted and logged with its id.
+  c.data.skip_bad_records = True
+  with caplog.at_level(logging.INFO):
+    train_and_evaluate(c, workdir)
+  logged = [r.getMessage() for r in caplog.records]
+  assert any(f"at step {saved[-1]} " in m and "Resuming from" in m for m in logged), logged
+  assert any(f"Skipped bad record (1 so far): Record 'mine-{bad}' (source 'mine')" in m
+             for m in logged)
+  assert any("1 bad training records were skipped" in m for m in logged)
+  assert max(read_log(workdir)) == 8 and os.path.exists(os.path.join(workdir, "results.json"))
 
 
 # --- the train step itself, on the tiny test model -------------------------------------------
