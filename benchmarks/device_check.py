@@ -1,13 +1,13 @@
-"""One device check of MMA attention: correctness, speed and a train step, in one run.
+"""One device check of MMA attention: correctness, speed, peers and a train step, in one run.
 
   # Full run on a lent NVIDIA H100 / H200 (under 8 minutes; --budget_s keeps it there):
   python benchmarks/device_check.py --out=device_check.md
-  # Tiny setting on a CPU (a minute or two; tests/test_device_check.py runs it):
+  # Tiny setting on a CPU (a few minutes; tests/test_device_check.py runs it):
   python benchmarks/device_check.py --tiny
 
 It prints markdown to paste into docs/performance.md (and writes the same text to --out):
 
-  header  device kind, jax / jaxlib / python / tokamax versions, date, setting.
+  header  device kind, jax / jaxlib / python / tokamax / torch versions, date, setting.
   (a)     every implementation of mma_jax.attention.IMPLEMENTATIONS that can run here, in bf16,
           vs the dense reference (implementation='xla', the mask built from the ids) in float32
           on the same bf16 values: max abs error of the output and of dq, dk, dv on packed rows
@@ -16,25 +16,40 @@ It prints markdown to paste into docs/performance.md (and writes the same text t
           kind over packed rows) per implementation, and of jax.nn.dot_product_attention with
           a dense bool mask (cuDNN on a GPU), at L = 2048, 8192, 16384 (a fixed token count
           per batch: batch 8, 2, 1); ratios MMA ÷ causal and implementation ÷ dense-mask path.
+          Next to every time, useful TFLOP/s: the query-key pairs the mask allows x 4·H·D
+          FLOPs forward, 2.5x that backward (what a kernel that skips every masked pair does).
+  (d)     peers on the same rows, shapes and mask, when torch imports: torch FlexAttention
+          with a mask_mod over the same id vectors (compiled on a GPU; its allowed-key count
+          per row checked equal to masks.dense_mask, a FAIL otherwise), and torch SDPA with the
+          dense bool mask (the AKI / transformers way); ratios of ours (auto) to each.
   (c)     a train step of the llama3.2-1b preset (SigLIP tower, bf16) on packed 4096-token
-          rows with mma_jax.train.step's jitted step: tokens/s and MFU for MMA and causal.
-  Goals   MMA fwd+bwd <= 1.15x causal+document at 8k (same kernel) and >= 2x faster than the
-          dense-mask path: each with its measured value, met / not met (reported, not asserted).
+          rows with mma_jax.train.step's jitted step: tokens/s, MFU by the project's
+          convention (models/flops.py: attention over whole rows, every image slot) and useful
+          MFU (attention over the allowed pairs only, filled image slots only), MMA and causal;
+          then, when torch imports, transformers' LlamaForCausalLM at the preset's LLM dims
+          with AKI's 4D mask (sdpa, gradient checkpointing, AdamW): the LLM alone.
+  Goals   each with its measured value, met / not met (reported, never asserted).
+
+What each section imports (a bare accelerator image has jax, flax, optax and numpy): (a), (b)
+only those and mma_jax's attention, masks, tokens and kernels modules; (d) torch (transformers
+for its train-step row); (c) also ml_collections and orbax-checkpoint (mma_jax.config, the
+train state). None needs grain, TFDS, clu or TensorFlow.
 
 Rows are benchmarks/attention.py's llava_rows: several examples per row, each a system
 prompt, image tokens, a question, the assistant header and an answer; padding at the end.
 
 Implementations that cannot run here are listed with attention.unavailable's reason. On a CPU
 the Pallas kernels run interpreted (slow and meaningless for speed): they are checked for
-correctness but only xla and blockwise are timed. Exit status 1 when a correctness check fails
-or errs, else 0; speed or train-step errors are printed in their row and do not stop the run.
+correctness but only xla and blockwise are timed. Exit status 1 when a correctness check (or
+a peer's mask check) fails or errs, else 0; speed or train-step errors are printed in their
+row and do not stop the run.
 
 Options: --budget_s (default 420): an item whose estimated time would end past its section's
 deadline is skipped with a note (correctness keeps 30% of the budget and the train step's
-first guess for what follows it; unused time passes on). --sections=correctness,speed,train
-and --implementations=NAME,... run a subset (a rerun of one failing part). --dense_budget_gib
-(default 8) skips a dense path whose L x L arrays would need more. --train_attention sets
-config.model.llm.attention of the train step (default auto).
+first guess for what follows it; unused time passes on). --sections=correctness,speed,peers,
+train and --implementations=NAME,... run a subset (a rerun of one failing part).
+--dense_budget_gib (default 8) skips a dense path whose L x L arrays would need more.
+--train_attention sets config.model.llm.attention of the train step (default auto).
 """
 from __future__ import annotations
 
@@ -55,15 +70,19 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from benchmarks.attention import (  # pylint: disable=wrong-import-position
     best_times, llava_rows, train_batch)
-from mma_jax import attention, masks, sharding, tokens  # pylint: disable=wrong-import-position
+from benchmarks import torch_peers  # pylint: disable=wrong-import-position
+from mma_jax import attention, logs, masks, tokens  # pylint: disable=wrong-import-position
 
 # (a): each error at most this share of the reference's max |value|. bf16 keeps 8 bits
 # (2^-8 ~ 0.004 relative per rounding); the kernels round P and dS to bf16 before their
 # matmuls, so a few roundings stack up. A wrong mask entry moves values by O(max |ref|).
 TOLERANCE = 2e-2
 SPEED_KINDS = ("causal", "mma")
-GOAL_MMA_OVER_CAUSAL = 1.15
+GOAL_MMA_OVER_CAUSAL = 1.10
 GOAL_DENSE_OVER_MMA = 2.0
+GOAL_USEFUL_TFLOPS = 150.0  # MMA fwd+bwd at 8k packed (issue goal on an H100 / H200)
+GOAL_OVER_FLEX = 1.5        # ours (auto) vs torch FlexAttention on MMA fwd+bwd
+BACKWARD_FACTOR = 2.5       # useful backward FLOPs per forward FLOP (dq, dk, dv, recomputed P)
 TINY_VOCAB = 512  # the tiny preset takes its vocabulary from a tokenizer; presets keep theirs
 
 
@@ -97,7 +116,8 @@ TINY = Setting(check_lengths=(256,), check_heads=(4, 2, 32), speed_lengths=(256,
 # Time kept for the speed section (share of --budget_s) when the correctness section runs
 # before it; the train step keeps its first guess (Setting.train_guess_s).
 SPEED_SHARE = 0.30
-SECTIONS = ("correctness", "speed", "train")
+PEERS_SHARE = 0.15  # the same for the peers (torch compiles FlexAttention once per shape)
+SECTIONS = ("correctness", "speed", "peers", "train")
 
 
 class Report:
@@ -131,8 +151,10 @@ class Budget:
   def for_sections(cls, total_s: float, setting: Setting, sections: list[str]) -> "Budget":
     train = setting.train_guess_s if "train" in sections else 0.0
     speed = SPEED_SHARE * total_s if "speed" in sections else 0.0
-    return cls(total_s, setting.guess_s, {"correctness": total_s - speed - train,
-                                          "speed": total_s - train, "train": total_s})
+    peers = PEERS_SHARE * total_s if "peers" in sections else 0.0
+    return cls(total_s, setting.guess_s, {"correctness": total_s - speed - peers - train,
+                                          "speed": total_s - peers - train,
+                                          "peers": total_s - train, "train": total_s})
 
   def elapsed(self) -> float:
     return time.perf_counter() - self.start
@@ -163,12 +185,15 @@ def error_text(e: BaseException) -> str:
   return f"ERROR: {type(e).__name__}: {msg}"
 
 
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
 def header(out: Report, setting: Setting, argv: list[str]) -> None:
   import jaxlib  # pylint: disable=g-import-not-at-top
-  try:
-    tokamax = importlib.metadata.version("tokamax")
-  except importlib.metadata.PackageNotFoundError:
-    tokamax = "not installed"
   devices = jax.devices()
   out("# mma_jax device check")
   out()
@@ -176,7 +201,8 @@ def header(out: Report, setting: Setting, argv: list[str]) -> None:
   out(f"- device: {devices[0].device_kind} ({jax.default_backend()}, {len(devices)} device(s); "
       "one is used)")
   out(f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, python {platform.python_version()}"
-      f", tokamax {tokamax}")
+      f", tokamax {_version('tokamax')}, torch {_version('torch')}, transformers "
+      f"{_version('transformers')}")
   out(f"- command: python benchmarks/device_check.py {' '.join(argv)}".rstrip())
   out(f"- setting: {'tiny' if setting is TINY else 'full'}; attention 'auto' resolves to "
       f"{attention.resolve('auto', max(setting.speed_lengths))} here")
@@ -225,6 +251,38 @@ def kind_ids(rows, kind: str):
   """(q_ids, k_ids) of `kind` for the rows."""
   return attention.token_ids(jnp.asarray(rows["segment_ids"]), jnp.asarray(rows["modality"]),
                              jnp.asarray(rows["role"]), jnp.asarray(rows["turn"]), kind)
+
+
+@jax.jit
+def _count_allowed(q_ids, k_ids):
+  return jnp.sum(masks.compact_mask(q_ids.segment, q_ids.index, q_ids.group,
+                                    k_ids.segment, k_ids.index, k_ids.group), dtype=jnp.int32)
+
+
+def allowed_pairs(rows, kind: str, chunk: int = 1024) -> int:
+  """Query-key pairs the mask of `kind` allows over the batch, counted from the compact ids a
+  chunk of query rows at a time (never the whole L x L)."""
+  q_ids, k_ids = kind_ids(rows, kind)
+  length = q_ids.segment.shape[1]
+  chunk = min(chunk, length)
+  total = 0
+  for start in range(0, length, chunk):
+    part = attention.TokenIds(q_ids.segment[:, start:start + chunk],
+                              q_ids.index[:, start:start + chunk],
+                              q_ids.group[:, :, start:start + chunk])
+    total += int(_count_allowed(part, k_ids))
+  return total
+
+
+def useful_flops(pairs: int, heads: int, head_dim: int) -> tuple[float, float]:
+  """(forward, forward+backward) FLOPs of attention over `pairs` allowed query-key pairs."""
+  fwd = 4.0 * heads * head_dim * pairs  # q.k and p.v: 2 FLOPs per multiply-add each
+  return fwd, fwd * (1 + BACKWARD_FACTOR)
+
+
+def time_cell(seconds: float | None, flop: float) -> str:
+  """'ms (useful TFLOP/s)'; n/a for a time not measured."""
+  return "n/a" if seconds is None else f"{seconds * 1e3:.3f} ({flop / seconds / 1e12:.3g})"
 
 
 def value_and_grads(impl: str, float32: bool = False):
@@ -327,20 +385,22 @@ def speed(out: Report, setting: Setting, names: list[str], budget: Budget, args)
       "'causal' over packed rows is causal+document masking. The dense row is "
       f"jax.nn.dot_product_attention(implementation='{dense_impl}', mask=bool[B, 1, L, L]) with "
       "the mask built outside the timed call; '÷ dense' divides by that row's time of the same "
-      "kind.")
+      "kind. Each time is followed by its useful TFLOP/s in parentheses: the query-key pairs "
+      f"the kind's mask allows x 4·H·D FLOPs forward, {BACKWARD_FACTOR:g}x that backward.")
   if backend == "cpu":
     out(f"On the CPU only xla and blockwise are timed (the Pallas kernels run interpreted); "
         f"not timed: {', '.join(n for n in names if n not in timed) or 'none'}.")
   out()
-  out("| L | batch | implementation | causal fwd ms | MMA fwd ms | causal fwd+bwd ms | "
-      "MMA fwd+bwd ms | MMA ÷ causal fwd | MMA ÷ causal fwd+bwd | causal ÷ dense fwd | "
-      "MMA ÷ dense fwd | causal ÷ dense fwd+bwd | MMA ÷ dense fwd+bwd |")
+  out("| L | batch | implementation | " + TIME_COLUMNS + " | MMA ÷ causal fwd | "
+      "MMA ÷ causal fwd+bwd | causal ÷ dense fwd | MMA ÷ dense fwd | causal ÷ dense fwd+bwd | "
+      "MMA ÷ dense fwd+bwd |")
   out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-  results = {}
+  results, flop = {}, {}
   for length in setting.speed_lengths:
     batch = max(1, setting.speed_tokens // length)
     rows, (q, k, v, dout) = packed_inputs(setting, batch, length, setting.speed_heads, seed=2)
     ids = {kind: kind_ids(rows, kind) for kind in SPEED_KINDS}
+    flop[length] = {kind: useful_flops(allowed_pairs(rows, kind), h, d) for kind in SPEED_KINDS}
     for name in [dense] + timed:
       row = f"| {length} | {batch} | {name} |"
       reason = None
@@ -363,11 +423,11 @@ def speed(out: Report, setting: Setting, names: list[str], budget: Budget, args)
       try:
         results[length, name] = time_kinds(name, dense_impl if name == dense else None,
                                            rows, ids, (q, k, v, dout), setting.reps)
-        out(speed_row(row, results, length, name, dense))
+        out(speed_row(row, results, flop[length], length, name, dense))
       except Exception as e:  # pylint: disable=broad-except
         out(f"{row} {error_text(e)} |" + " |" * 9)
       budget.record("speed", name, length, time.perf_counter() - t0)
-  return results, dense, timed
+  return results, dense, timed, flop
 
 
 def time_kinds(name: str, dense_impl: str | None, rows, ids, inputs, reps: int):
@@ -400,26 +460,129 @@ def _ratio(a: float | None, b: float | None) -> str:
   return "n/a" if a is None or b is None else f"{a / b:.2f}"
 
 
-def speed_row(row: str, results, length: int, name: str, dense: str) -> str:
+TIME_COLUMNS = ("causal fwd ms (TFLOP/s) | MMA fwd ms (TFLOP/s) | causal fwd+bwd ms (TFLOP/s) | "
+                "MMA fwd+bwd ms (TFLOP/s)")
+
+
+def time_cells(times, flop) -> str:
+  """The four time cells of a row: {kind: (fwd s, fwd+bwd s)} with {kind: (fwd, fwd+bwd) FLOP}."""
+  return " | ".join(time_cell(times[kind][i], flop[kind][i]) for i in (0, 1)
+                    for kind in SPEED_KINDS)
+
+
+def speed_row(row: str, results, flop, length: int, name: str, dense: str) -> str:
   r = results[length, name]
   base = results.get((length, dense))
-  ms = " | ".join(f"{r[kind][i] * 1e3:.3f}" for i in (0, 1) for kind in SPEED_KINDS)
+  ms = time_cells(r, flop)
   over_dense = " | ".join(_ratio(r[kind][i], base[kind][i] if base else None)
                          for i in (0, 1) for kind in SPEED_KINDS)
   return (f"{row} {ms} | {_ratio(r['mma'][0], r['causal'][0])} | "
           f"{_ratio(r['mma'][1], r['causal'][1])} | {over_dense} |")
 
 
+FLEX, SDPA = "torch flex_attention", "torch SDPA + dense bool mask"
+
+
+def peers(out: Report, setting: Setting, budget: Budget, args, results, flop) -> int:
+  """(d). Returns the number of failed peer mask checks (a peer that applies another mask
+  makes every comparison with it meaningless)."""
+  out()
+  out("## (d) Peers: PyTorch on the same rows")
+  out()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    out("torch does not import here: no peer rows.")
+    return 0
+  dev = torch_peers.device()
+  h, kv, d = setting.speed_heads
+  auto = attention.resolve("auto", max(setting.speed_lengths))
+  out(f"torch {torch.__version__} on {dev}, the rows, shapes and inputs of (b) "
+      f"({'bf16' if dev == 'cuda' else 'float32: torch CPU kernels'}). {FLEX}: "
+      "torch.nn.attention.flex_attention with a BlockMask from a mask_mod over the same id "
+      "vectors (segment, query group, key group), "
+      f"{'compiled' if dev == 'cuda' else 'eager'}, GQA by enable_gqa; its BlockMask is built "
+      f"outside the timed call (build time below). {SDPA}: "
+      "scaled_dot_product_attention with the bool mask [B, 1, L, L]. Times: best of "
+      f"{setting.reps} after a warm-up ({'CUDA events' if dev == 'cuda' else 'wall clock'}), "
+      "with useful TFLOP/s as in (b). Mask check: the mask_mod's allowed-key count of every "
+      "query row equals masks.dense_mask's, per kind. Last column: the peer's MMA fwd+bwd time "
+      f"÷ ours with auto ({auto}) from (b)."
+      + (" On the CPU FlexAttention has no backward: its fwd+bwd is n/a." if dev == "cpu"
+         else ""))
+  out()
+  out("| L | batch | peer | " + TIME_COLUMNS + " | MMA ÷ causal fwd+bwd | mask check | "
+      "peer ÷ ours MMA fwd+bwd |")
+  out("|---|---|---|---|---|---|---|---|---|---|")
+  failures, notes = 0, []
+  for length in setting.speed_lengths:
+    batch = max(1, setting.speed_tokens // length)
+    rows, inputs = packed_inputs(setting, batch, length, setting.speed_heads, seed=2)
+    vectors = [jnp.asarray(rows[n]) for n in tokens.ID_KEYS]
+    dense = {kind: jax.jit(masks.dense_mask, static_argnums=4)(*vectors, kind)
+             for kind in SPEED_KINDS}
+    if length not in flop:
+      flop[length] = {kind: useful_flops(int(jnp.sum(dense[kind])), h, d)
+                      for kind in SPEED_KINDS}
+    for peer in (FLEX, SDPA):
+      row = f"| {length} | {batch} | {peer} |"
+      gib = batch * length ** 2 * (1 + 2 * 4) / 2 ** 30  # bool mask + SDPA's f32 scores, x2
+      reason = (f"skipped: the dense path needs ~{gib:.1f} GiB at this length "
+                f"(--dense_budget_gib={args.dense_budget_gib:g})"
+                if peer == SDPA and gib > args.dense_budget_gib else None)
+      reason = reason or budget.skip_reason("peers", peer, length)
+      if reason:
+        out(f"{row} {reason} |" + " |" * 6)
+        continue
+      t0 = time.perf_counter()
+      try:
+        times, check = {}, "n/a"
+        for kind in SPEED_KINDS:
+          if peer == FLEX:
+            q_ids, k_ids = kind_ids(rows, kind)
+            ids = (q_ids.segment, q_ids.group[:, 0], k_ids.group[:, 0])
+            fwd, fwd_bwd, build_s, counts = torch_peers.flex_times(ids, inputs, setting.reps)
+            same = np.array_equal(counts, np.asarray(jnp.sum(dense[kind], axis=-1)))
+            failures += not same
+            check = ("PASS" if same else "FAIL") if check in ("n/a", "PASS") else check
+            notes.append(f"{FLEX} BlockMask build, L={length}, {kind}: {build_s * 1e3:.1f} ms")
+          else:
+            fwd, fwd_bwd = torch_peers.sdpa_dense_times(np.asarray(dense[kind]), inputs,
+                                                        setting.reps)
+          times[kind] = (fwd, fwd_bwd)
+        ours = results.get((length, auto))
+        over = _ratio(times["mma"][1], ours["mma"][1] if ours else None)
+        out(f"{row} {time_cells(times, flop[length])} | "
+            f"{_ratio(times['mma'][1], times['causal'][1])} | {check} | {over} |")
+        results[length, peer] = times
+      except Exception as e:  # pylint: disable=broad-except
+        out(f"{row} {error_text(e)} |" + " |" * 6)
+        failures += peer == FLEX  # no mask check happened
+      budget.record("peers", peer, length, time.perf_counter() - t0)
+  out()
+  for note in notes:
+    out(f"- {note}")
+  return failures
+
+
 def train_step_check(out: Report, setting: Setting, budget: Budget, args):
   """(c). Returns {kind: step seconds} of the kinds that ran."""
-  from mma_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mma_jax.models import build, flops, presets, vlm  # pylint: disable=g-import-not-at-top
-  from mma_jax.train import memory, optimizer  # pylint: disable=g-import-not-at-top
-  from mma_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-
   out()
   out("## (c) Train step")
   out()
+  # pylint: disable=g-import-not-at-top
+  try:  # ml_collections (configs) and orbax (the train state): absent on a bare image
+    from mma_jax import config as config_lib
+    from mma_jax import sharding
+    from mma_jax.models import build, flops, presets, vlm
+    from mma_jax.train import memory, optimizer
+    from mma_jax.train import step as step_lib
+  except ImportError as e:
+    out("| kind | step ms |")
+    out("|---|---|")
+    out(f"| all | {error_text(e)} (the train step needs ml_collections and orbax-checkpoint) |")
+    return {}
+  # pylint: enable=g-import-not-at-top
   config = config_lib.base_config()
   config.model = presets.model(setting.model)
   config.model.llm.attention = args.train_attention
@@ -434,15 +597,17 @@ def train_step_check(out: Report, setting: Setting, budget: Budget, args):
       f"'{cfg.llm.attention}' -> {resolved}; {batch_size} packed rows of {length} tokens; "
       f"config.optim of base_config (freeze {tuple(config.optim.freeze)}); one device. "
       f"Step time: best of {setting.train_reps}, kinds alternating, state donated. tokens/s "
-      "counts all B x L slots; MFU = model FLOPs (mma_jax.models.flops.train_step) / step time "
-      f"/ peak ({'%.3g FLOP/s' % peak if peak else 'unknown for this device: n/a'}); loss: "
-      "the kind's last step (one state trains on through all steps).")
+      "counts all B x L slots; MFU = model FLOPs (mma_jax.models.flops.train_step: attention "
+      "over whole rows, every image slot) / step time / peak "
+      f"({'%.3g FLOP/s' % peak if peak else 'unknown for this device: n/a'}); useful MFU "
+      "counts the LLM's attention over the pairs the kind's mask allows and filled image "
+      "slots only; loss: the kind's last step (one state trains on through all steps).")
   out()
-  out("| kind | step ms | tokens/s | MFU | loss | compile + first step s |")
-  out("|---|---|---|---|---|---|")
+  out("| kind | step ms | tokens/s | MFU | useful MFU | loss | compile + first step s |")
+  out("|---|---|---|---|---|---|---|")
   reason = budget.skip_reason("train", setting.model, length, setting.train_guess_s)
   if reason:
-    out(f"| all | {reason} | | | | |")
+    out(f"| all | {reason} | | | | | |")
     return {}
   t0 = time.perf_counter()
   times = {}
@@ -465,8 +630,11 @@ def train_step_check(out: Report, setting: Setting, budget: Budget, args):
                                      train=True)
       host = {n: np.asarray(host[n], s.dtype) for n, s in shapes.items()}
       batch = sharding.put_batch(host, mesh)
-      step_flops = flops.train_step(cfg, batch_size, length, images,
-                                    memory.trainable_components(abstract, config.optim.freeze))
+      trains = memory.trainable_components(abstract, config.optim.freeze)
+      step_flops = flops.train_step(cfg, batch_size, length, images, trains)
+      filled = int(np.sum(host["image_valid"]))
+      useful = {kind: useful_step_flops(flops, cfg, batch_size, length, filled, trains,
+                                        allowed_pairs(host, kind)) for kind in SPEED_KINDS}
       steps, compile_s, losses, samples = {}, {}, {}, {}
       for kind in SPEED_KINDS:
         t = time.perf_counter()
@@ -480,51 +648,120 @@ def train_step_check(out: Report, setting: Setting, budget: Budget, args):
           state, metrics = _block(steps[kind](state, batch))
           samples[kind].append(time.perf_counter() - t)
           losses[kind] = float(metrics["loss"])
+    mfu = lambda f, t: f"{f / t / peak:.1%}" if peak else "n/a"
     for kind in SPEED_KINDS:
       times[kind] = min(samples[kind])
-      mfu = f"{step_flops / times[kind] / peak:.1%}" if peak else "n/a"
       out(f"| {kind} | {times[kind] * 1e3:.1f} | {batch_size * length / times[kind]:.0f} | "
-          f"{mfu} | {losses[kind]:.3f} | {compile_s[kind]:.1f} |")
+          f"{mfu(step_flops, times[kind])} | {mfu(useful[kind], times[kind])} | "
+          f"{losses[kind]:.3f} | {compile_s[kind]:.1f} |")
     out()
     out(f"Train step MMA ÷ causal: {times['mma'] / times['causal']:.3f}x step time "
-        f"({step_flops:.3g} model FLOPs per step, {images} image slots per row).")
+        f"({step_flops:.3g} model FLOPs per step by the convention, useful "
+        f"{useful['mma']:.3g} MMA / {useful['causal']:.3g} causal; {images} image slots per "
+        f"row, {filled} filled in the batch).")
   except Exception as e:  # pylint: disable=broad-except
-    out(f"| all | {error_text(e)} | | | | |")
+    out(f"| all | {error_text(e)} | | | | | |")
   budget.record("train", setting.model, length, time.perf_counter() - t0)
+  if "peers" in args.sections:
+    train_peer(out, setting, budget, cfg, host, times, flops, peak)
   return times
 
 
-def goals(out: Report, setting: Setting, results, dense: str, timed: list[str]) -> None:
+def useful_step_flops(flops, cfg, batch: int, length: int, filled: int, trainable, pairs: int):
+  """flops.train_step's count with the filled image slots only (`filled` over the batch) and
+  the LLM's attention over the `pairs` its mask allows instead of whole rows."""
+  per_slot = flops.train_step(cfg, 1, 0, 1, trainable) - flops.train_step(cfg, 1, 0, 0,
+                                                                          trainable)
+  no_images = flops.train_step(cfg, batch, length, 0, trainable)
+  whole_rows = flops.llm(cfg.llm, length).attention * batch
+  # The LLM is last in the data flow: its attention has a backward (2x) when anything trains.
+  attention_factor = 1 + 2 * any(trainable.values())
+  return (no_images + filled * per_slot
+          - attention_factor * whole_rows * (1 - pairs / (batch * length * length)))
+
+
+def train_peer(out: Report, setting: Setting, budget: Budget, cfg, host, ours, flops, peak):
+  """(c), the peer row: transformers' LlamaForCausalLM at the preset's LLM dims, same rows."""
+  out()
+  try:
+    import transformers  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    out("transformers / torch do not import here: no peer train step.")
+    return
+  llm = cfg.llm
+  batch, length = host["tokens"].shape
+  reason = budget.skip_reason("train", "peer", length, setting.train_guess_s / 3)
+  if reason:
+    out(f"Peer train step: {reason}.")
+    return
+  t0 = time.perf_counter()
+  out("| peer (LLM only) | kind | step ms | tokens/s | MFU (LLM FLOPs) | parameters | first loss |")
+  out("|---|---|---|---|---|---|---|")
+  dims = dict(hidden=llm.hidden, layers=llm.layers, heads=llm.heads, kv_heads=llm.kv_heads,
+              head_dim=llm.head_dim, mlp_dim=llm.mlp_dim, vocab_size=llm.vocab_size,
+              rope_theta=llm.rope.theta)
+  # The LLM's FLOPs by the same convention: forward and a backward of 2x (all of it trains).
+  llm_flops = 3 * flops.llm(llm, length).total * batch
+  vectors = [jnp.asarray(host[n]) for n in tokens.ID_KEYS]
+  name = f"transformers {_version('transformers')} LlamaForCausalLM, sdpa, AKI's 4D mask"
+  for kind in SPEED_KINDS:
+    try:
+      allowed = np.asarray(jax.jit(masks.dense_mask, static_argnums=4)(*vectors, kind))
+      step_s, params, loss = torch_peers.llama_train_step(
+          dims, allowed, host["tokens"], host["positions"], host["loss_mask"],
+          setting.train_reps)
+      mfu = f"{llm_flops / step_s / peak:.1%}" if peak else "n/a"
+      out(f"| {name} | {kind} | {step_s * 1e3:.1f} | {batch * length / step_s:.0f} | {mfu} | "
+          f"{params / 1e9:.3g} B | {loss:.3f} |")
+    except Exception as e:  # pylint: disable=broad-except
+      out(f"| {name} | {kind} | {error_text(e)} | | | | |")
+  if ours:
+    out()
+    out("Ours in the same table does the LLM's work plus the vision tower and connector over "
+        f"every image slot: ours {ours['mma'] * 1e3:.1f} ms MMA step above.")
+  budget.record("train", "peer", length, time.perf_counter() - t0)
+
+
+def goals(out: Report, setting: Setting, results, dense: str, timed: list[str], flop) -> None:
   """The goals, each with its measured value: reported, never asserted."""
   length = 8192 if 8192 in setting.speed_lengths else max(setting.speed_lengths)
   kernels = [n for n in timed if n != "xla"]  # xla is a dense path, not a kernel
   auto = attention.resolve("auto", length)
   mark = lambda n: f"{n} (auto)" if n == auto else n
+
+  def each(title: str, value, goal: str):
+    """One goal line and a line per kernel: value(times) -> (text, met) or None."""
+    out(f"- {title} at L={length}:")
+    for name in kernels:
+      got = value(results[length, name]) if (length, name) in results else None
+      if got is None:
+        out(f"  - {mark(name)}: not measured")
+      else:
+        out(f"  - {mark(name)}: {got[0]}: {'met' if got[1] else 'not met'} ({goal})")
+    if not kernels:
+      out("  - no kernel timed here")
+
   out()
   out("## Goals")
   out()
-  out(f"- MMA fwd+bwd <= {GOAL_MMA_OVER_CAUSAL}x causal+document with the same kernel at "
-      f"L={length}:")
-  for name in kernels:
-    r = results.get((length, name))
-    if r is None:
-      out(f"  - {mark(name)}: not measured")
-      continue
-    x = r["mma"][1] / r["causal"][1]
-    out(f"  - {mark(name)}: {x:.2f}x: {'met' if x <= GOAL_MMA_OVER_CAUSAL else 'not met'}")
+  ratio = lambda r: r["mma"][1] / r["causal"][1]
+  each("MMA fwd+bwd ÷ causal+document with the same kernel",
+       lambda r: (f"{ratio(r):.2f}x", ratio(r) <= GOAL_MMA_OVER_CAUSAL),
+       f"goal <= {GOAL_MMA_OVER_CAUSAL}x")
   base = results.get((length, dense))
-  out(f"- MMA fwd+bwd >= {GOAL_DENSE_OVER_MMA}x faster than the dense-mask path ({dense}) at "
-      f"L={length}:")
-  for name in kernels:
-    r = results.get((length, name))
-    if r is None or base is None:
-      out(f"  - {mark(name)}: not measured")
-      continue
-    x = base["mma"][1] / r["mma"][1]
-    out(f"  - {mark(name)}: {x:.2f}x faster: "
-        f"{'met' if x >= GOAL_DENSE_OVER_MMA else 'not met'}")
-  if not kernels:
-    out("  - no kernel timed here")
+  each(f"MMA fwd+bwd vs the dense-mask path ({dense})",
+       lambda r: None if base is None else (f"{base['mma'][1] / r['mma'][1]:.2f}x faster",
+                                            base["mma"][1] / r["mma"][1] >= GOAL_DENSE_OVER_MMA),
+       f"goal >= {GOAL_DENSE_OVER_MMA}x")
+  tflops = lambda r: flop[length]["mma"][1] / r["mma"][1] / 1e12
+  each("MMA fwd+bwd useful TFLOP/s",
+       lambda r: (f"{tflops(r):.3g} TFLOP/s", tflops(r) >= GOAL_USEFUL_TFLOPS),
+       f"goal >= {GOAL_USEFUL_TFLOPS:g} on an H100 / H200")
+  flex = results.get((length, FLEX))
+  each(f"MMA fwd+bwd vs {FLEX}",
+       lambda r: None if flex is None or flex["mma"][1] is None else (f"{flex['mma'][1] / r['mma'][1]:.2f}x faster",
+                                            flex["mma"][1] / r["mma"][1] >= GOAL_OVER_FLEX),
+       f"goal >= {GOAL_OVER_FLEX}x")
 
 
 def parse_args(argv):
@@ -534,8 +771,8 @@ def parse_args(argv):
   parser.add_argument("--out", default="", help="also write the report to this file")
   parser.add_argument("--budget_s", type=float, default=420.0,
                       help="skip the remaining heavy items past this many seconds")
-  parser.add_argument("--sections", default="correctness,speed,train",
-                      help="comma-separated subset of correctness, speed, train")
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help="comma-separated subset of " + ", ".join(SECTIONS))
   parser.add_argument("--implementations", default="",
                       help="comma-separated subset of attention.IMPLEMENTATIONS (default: all)")
   parser.add_argument("--dense_budget_gib", type=float, default=8.0,
@@ -563,15 +800,18 @@ def main(argv: list[str] | None = None) -> int:
   try:
     header(out, setting, argv)
     names = implementations(out, args.implementations)
-    results, dense, timed = {}, "", []
+    logs.quiet_libraries()  # tokamax's autotuning-miss WARNINGs, as in a run
+    results, dense, timed, flop = {}, "", [], {}
     if "correctness" in args.sections:
       failures = correctness(out, setting, names, budget)
     if "speed" in args.sections:
-      results, dense, timed = speed(out, setting, names, budget, args)
+      results, dense, timed, flop = speed(out, setting, names, budget, args)
+    if "peers" in args.sections:
+      failures += peers(out, setting, budget, args, results, flop)
     if "train" in args.sections:
       train_step_check(out, setting, budget, args)
     if "speed" in args.sections:
-      goals(out, setting, results, dense, timed)
+      goals(out, setting, results, dense, timed, flop)
     out()
     out(f"Correctness: {'all PASS' if not failures else f'{failures} FAIL'}; "
         f"total {budget.elapsed():.0f} s.")

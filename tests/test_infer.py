@@ -8,7 +8,7 @@ from PIL import Image
 
 from mma_jax import infer
 from mma_jax.data import images
-from tests.convert import hf_models
+from tests.convert import hf_models  # skips this module where torch is absent
 from tests.data.test_templates import tiny_tokenizer
 
 

@@ -11,7 +11,7 @@ from mma_jax.convert import __main__ as convert_cli
 from mma_jax.convert import hf, parity
 from mma_jax.models import lora
 from mma_jax.train.loop import train_and_evaluate
-from tests.convert import hf_models
+from tests.convert import hf_models  # skips this module where torch is absent
 
 
 def _from_hf_config(directory):
