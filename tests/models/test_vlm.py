@@ -1,6 +1,9 @@
 """The VLM through behaviour: who can influence whom under each mask kind."""
 import dataclasses
 import functools
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -10,6 +13,8 @@ import pytest
 
 from mma_jax.models import flops, vit, vlm
 from tests.layouts import model_batch, tiny_vlm_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # System/BOS, one image (4 tokens), a question, the assistant header, an answer.
 LAYOUT = "P" + "I" * 4 + "PPP" + "P" + "AAA"
@@ -203,3 +208,30 @@ def test_encoding_used_slots_keeps_shapes_static_and_the_gradients(two_rows_para
   # 5 empty slots' tower + connector matmuls (XLA also counts this tiny tower's elementwise ops)
   assert 1.0 <= saved / ((8 - 3) * per_image) < 1.2
   assert_same_gradients(full, budget, two_rows_params, batch, rtol=1e-4)
+
+
+_SHARDED = """
+import dataclasses, jax, numpy as np
+from mma_jax import sharding
+from mma_jax.models import vlm
+from tests.models import test_vlm as t
+batch = {k: np.concatenate([v, v]) for k, v in t._two_rows().items()}
+batch["modality"][2] = 0  # a row without images
+with sharding.use(sharding.make_mesh((2, 2, 1)), sharding.make_rules()):
+  full, budget = t._with_budget(0.0), t._with_budget(1.0)
+  params = jax.jit(full.init, static_argnums=2)(jax.random.key(0), batch, "mma")
+  out = [np.asarray(jax.jit(lambda p, b: m.apply(p, b, "mma")[0])(params, batch))
+         for m in (full, budget)]
+  print(vlm.batch_groups(4), np.abs(out[0] - out[1]).max())
+"""
+
+
+def test_used_slots_are_compacted_within_each_batch_shard():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                       "--xla_backend_optimization_level=0")
+  out = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  groups, delta = out.stdout.split()
+  assert int(groups) == 4 and float(delta) < 1e-5  # one group per data x fsdp shard
