@@ -1,5 +1,8 @@
 """The VLM: embed text, encode images, scatter image features into the placeholder slots,
-run the LLM with the mask built from the per-token vectors."""
+run the LLM with the mask built from the per-token vectors.
+
+Image slots that no placeholder reads are empty; with model.vision.images_per_row the tower
+encodes only the others (encode_used), in passes of a static size."""
 from __future__ import annotations
 
 import math
@@ -84,7 +87,7 @@ def encode_used(encode, images, used, per_pass: int):
   k = min(per_pass, slots)
   passes = -(-slots // k)
   per_row = jnp.sum(used, axis=1).reshape(g, b // g)
-  start = (jnp.cumsum(per_row, axis=1) - per_row).reshape(b)  # compact index of a row's first
+  start = (jnp.cumsum(per_row, axis=1) - per_row).reshape(b)  # a row's first image, compacted
   used = used.reshape(g, slots)
   order = jnp.argsort(~used, axis=1, stable=True)  # used slots first, in slot order
   order = jnp.pad(order, ((0, 0), (0, passes * k - slots)))  # the tail is never read back
