@@ -5,7 +5,8 @@
       [--grids 1x2,2x1,2x2]   # AnyRes: the image as a thumbnail + the best grid's tiles
 
 DIR is a directory written by `python -m mma_jax.convert` (model.json, params/, tokenizer.json).
-Every question is asked about the same image in one batch (one compiled decode).
+Every question is asked about the same image in one batch (one compiled decode). A missing
+file or a bad flag is one line and exit status 2 (mma_jax.cli).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from mma_jax import cli
 from mma_jax.convert import hf
 from mma_jax.data import chat, images, vocab
 from mma_jax.evaluate import decode, prompts
@@ -69,11 +71,23 @@ flags.DEFINE_list("grids", [], "AnyRes: tile grids ROWSxCOLS to choose from, e.g
                   "(default: one image at the tower's size)")
 
 
+def parse_grids(grids: Sequence[str]) -> tuple[tuple[int, int], ...]:
+  """--grids entries 'ROWSxCOLS' -> ((rows, cols), ...)."""
+  out = []
+  for g in grids:
+    parts = g.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+      raise ValueError(f"--grids: {g!r} is not ROWSxCOLS with positive numbers, e.g. 2x2.")
+    out.append((int(parts[0]), int(parts[1])))
+  return tuple(out)
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  grids = parse_grids(FLAGS.grids)
   model, params, tok, meta = load(FLAGS.model)
   kind = FLAGS.mask or ("mma" if meta.get("template") == "aki" else "causal")
-  grids = tuple(tuple(int(n) for n in g.lower().split("x")) for g in FLAGS.grids)
   image = images.load(FLAGS.image, model.cfg.vision.image_size, grids)
   for q, a in zip(FLAGS.question, answer(model, params, tok, image, FLAGS.question, kind,
                                          FLAGS.max_new_tokens)):
@@ -82,4 +96,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["model", "image", "question"])
-  app.run(main)
+  cli.run_absl(main)

@@ -66,7 +66,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mma_jax import config as config_lib
-from mma_jax import logs, tokens
+from mma_jax import cli, logs, tokens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO, "configs")
@@ -865,10 +865,14 @@ _JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each in its own p
 _TIMING = flags.DEFINE_float("timing_seconds", 2.0, "Seconds of train steps timed per variant "
                               "after training, alone (0 = step times from the training logs).")
 _RUN = flags.DEFINE_string("run", None, "Train only this run of the plan (used by --jobs).")
-# --config.KEY=VALUE: typed against the base config; applied to every run (PT and SFT).
-_CONFIG = config_flags.DEFINE_config_dict(
-    "config", config_lib.base_config(), "Overrides for every run, e.g. --config.optim.lr=1e-3.",
-    lock_config=True)
+
+
+def _define_config_flag() -> None:
+  """--config.KEY=VALUE: typed against the base config; applied to every run (PT and SFT).
+  Defined under mma_jax.cli's guard, as the overrides are checked right here."""
+  config_flags.DEFINE_config_dict(
+      "config", config_lib.base_config(), "Overrides for every run, e.g. "
+      "--config.optim.lr=1e-3.", lock_config=True)
 
 
 def _overrides() -> dict[str, Any]:
@@ -896,4 +900,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main, _define_config_flag)

@@ -280,6 +280,6 @@ def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
   # The same seed-0 causal run, so the same metrics as before.
   assert out["results"]["causal"]["metrics"]["accuracy/all"][0] == \
       first["results"]["causal"]["metrics"]["accuracy/all"][0]
-  with pytest.raises(RuntimeError, match=r"prefix/seed0 \(exit 1; see .*study_run.log\)"):
+  with pytest.raises(RuntimeError, match=r"prefix/seed0 \(exit 2; see .*study_run.log\)"):
     study.run_study(workdir, jobs=2, **dict(kw, variants=["causal", "prefix"],
                                             overrides=dict(TINY, **{"train.grad_accum": 3})))

@@ -6,6 +6,8 @@
   python -m mma_jax.convert export --from OUT --hf_out DIR [--part llm|vision] [--family F]
       [--lora_run WORKDIR]   # a LoRA run from OUT: its adapters merged into the kernels
   python -m mma_jax.convert check --hf DIR [--tolerance 1e-4]
+
+A missing or malformed input, or a bad option, is one line and exit status 2 (mma_jax.cli).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import sys
 
 import numpy as np
 
+from mma_jax import cli
+
 SUBCOMMANDS = ("import", "export", "check")
 
 
 def _parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(prog="python -m mma_jax.convert", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = cli.ArgumentParser(prog="python -m mma_jax.convert", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = ap.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("import", help="HF directories -> an mma_jax checkpoint directory")
   imp.add_argument("--llm", help="Llama 3.x / Qwen2.x / Phi-3.x directory")
@@ -57,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 def run_import(a) -> str:
   from mma_jax.convert import hf
   if os.path.exists(os.path.join(a.out, "params")):  # before anything is written there
-    raise SystemExit(f"{a.out}/params exists; choose a new --out directory.")
+    raise FileExistsError(f"{a.out}/params exists; choose a new --out directory.")
   if a.aki:
     if not (a.vision_config and a.llm_config):
-      raise SystemExit("--aki needs --vision_config and --llm_config (the config.json files of "
+      raise ValueError("--aki needs --vision_config and --llm_config (the config.json files of "
                        "the SigLIP and Phi-3.5 models AKI wraps; its own config only names them).")
     conv = hf.import_aki(a.aki, a.vision_config, a.llm_config, a.perceiver_heads)
     tok_from = a.aki
@@ -77,7 +81,7 @@ def run_import(a) -> str:
     conv = hf.import_llm(a.llm) if a.llm else hf.import_vision(a.vision)
     tok_from = a.llm
   else:
-    raise SystemExit("Give --llm, --vision, both, or --aki.")
+    raise ValueError("Give --llm, --vision, both, or --aki.")
   hf.save(conv, a.out, tokenizer_from=tok_from)
   n = sum(int(np.prod(v.shape)) for v in conv.params.values())
   print(f"Wrote {a.out}: components {conv.components}, {n:,} parameters, "
@@ -112,8 +116,8 @@ def _merged_lora(source: str, run: str, params: dict) -> dict:
   from mma_jax.models import lora
   path = os.path.join(run, "lora.json")
   if not os.path.exists(path):
-    raise SystemExit(f"{path} not found: --lora_run takes the workdir of a run trained with "
-                     "config.lora.rank > 0.")
+    raise FileNotFoundError(f"{path} not found: --lora_run takes the workdir of a run trained "
+                            "with config.lora.rank > 0.")
   with open(path) as f:
     info = json.load(f)
   if os.path.abspath(info.get("init_from") or "") != os.path.abspath(source):
@@ -153,4 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -67,31 +67,35 @@ def read_table(path: str, required=("index",), skip_bad_rows: bool = False,
                      "PRED_FORMAT=tsv.")
   csv.field_size_limit(sys.maxsize)  # base64 images are long fields
   table = Table(os.path.abspath(path), [], [], [])
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f, delimiter="\t")
-    table.columns = list(reader.fieldnames or [])
-    missing = [c for c in dict.fromkeys(("index", *required)) if c not in table.columns]
-    if missing:
-      raise ValueError(f"{path}: missing column(s) {missing}; the header has {table.columns}. "
-                       "This benchmark needs those columns (VLMEvalKit TSV format).")
-    seen = set()
-    for row in reader:
-      line, problem = reader.line_num, None
-      if None in row:
-        problem = f"has more fields than the header's {len(table.columns)}"
-      elif None in row.values():
-        problem = f"has fewer fields than the header's {len(table.columns)}"
-      elif not row["index"].strip():
-        problem = "has an empty index"
-      elif row["index"] in seen:
-        problem = f"repeats index {row['index']}"
-      if problem:
-        skip_or_raise(BadTableRow(f"{path} line {line}: the row {problem}. Fix the row, "
-                              f"{SKIP_HINT}."), skip_bad_rows, counter)
-        continue
-      seen.add(row["index"])
-      table.rows.append(row)
-      table.lines.append(line)
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f, delimiter="\t")
+      table.columns = list(reader.fieldnames or [])
+      missing = [c for c in dict.fromkeys(("index", *required)) if c not in table.columns]
+      if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the header has {table.columns}. "
+                         "This benchmark needs those columns (VLMEvalKit TSV format).")
+      seen = set()
+      for row in reader:
+        line, problem = reader.line_num, None
+        if None in row:
+          problem = f"has more fields than the header's {len(table.columns)}"
+        elif None in row.values():
+          problem = f"has fewer fields than the header's {len(table.columns)}"
+        elif not row["index"].strip():
+          problem = "has an empty index"
+        elif row["index"] in seen:
+          problem = f"repeats index {row['index']}"
+        if problem:
+          skip_or_raise(BadTableRow(f"{path} line {line}: the row {problem}. Fix the row, "
+                                    f"{SKIP_HINT}."), skip_bad_rows, counter)
+          continue
+        seen.add(row["index"])
+        table.rows.append(row)
+        table.lines.append(line)
+  except UnicodeDecodeError as e:  # a binary file, or another encoding
+    raise ValueError(f"{path} is not UTF-8 text ({e.reason}): tables are read as "
+                     "tab-separated UTF-8 (VLMEvalKit TSV format).") from None
   if "image" in table.columns:
     _check_references(table, skip_bad_rows, counter)
   return table

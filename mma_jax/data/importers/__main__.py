@@ -1,16 +1,20 @@
-"""python -m mma_jax.data.importers SOURCE --input ... --images ... --out DIR (see __init__)."""
+"""python -m mma_jax.data.importers SOURCE --input ... --images ... --out DIR (see __init__).
+
+Bad input (a missing file, a malformed row without --skip_bad, a bad option) prints the report
+and one line, exit status 2 (mma_jax.cli); nothing is written for the split.
+"""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from mma_jax import cli
 from mma_jax.data.importers import SOURCES, import_source
 from mma_jax.data.importers.common import Report
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m mma_jax.data.importers", description=__doc__)
+  p = cli.ArgumentParser(prog="python -m mma_jax.data.importers", description=__doc__)
   p.add_argument("source", choices=sorted(SOURCES))
   p.add_argument("--input", nargs="+", required=True,
                  help="the source's released file(s); WebDataset: shard paths or a quoted glob")
@@ -32,10 +36,12 @@ def main(argv=None) -> int:
     import_source(a.source, a.input, a.images, a.out, name=a.name, split=a.split,
                   skip_bad=a.skip_bad, limit=a.limit, max_side=a.max_side,
                   records_per_shard=a.records_per_shard, report=report, frames=a.frames)
-  except (ValueError, KeyError, OSError) as e:  # records.BadRow is a ValueError
+  except Exception as e:  # pylint: disable=broad-except  # records.BadRow is a ValueError
+    if not cli.is_user_error(e):
+      raise  # a bug: its traceback
     print(report.summary(), file=sys.stderr)
-    print(f"Import failed, nothing written for this split: {e}", file=sys.stderr)
-    return 1
+    cli.report(e, argv or sys.argv, "Import failed, nothing written for this split")
+    return cli.EXIT_USER_ERROR
   print(report.summary())
   if not report.written:
     print("No records written: every row was skipped.", file=sys.stderr)
@@ -44,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)
