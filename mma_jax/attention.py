@@ -8,6 +8,9 @@ One interface, several implementations (config key model.llm.attention):
               O(L * block) memory forward and backward (CPU, long sequences).
   pallas_gpu  Pallas Triton flash kernel, forward and backward, dead blocks skipped (GPU).
               JAX 0.11 deprecated Pallas's Triton backend (its warning is shown once).
+  mosaic_gpu  Pallas Mosaic GPU flash kernel for Hopper (wgmma, TMA, pipelined over the live
+              blocks), forward and backward, dead blocks skipped; the supported successor of
+              pallas_gpu. Not in auto until a device check measures it.
   pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward, dead blocks skipped (TPU).
   tokamax     tokamax's Mosaic GPU flash attention (Hopper / Blackwell; optional package) with
               per-row key ranges after one key reordering (kernels/tokamax_gpu.py).
@@ -42,7 +45,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from mma_jax import masks
-from mma_jax.kernels import IMPLEMENTATIONS, blockwise, pallas_gpu, pallas_tpu
+from mma_jax.kernels import IMPLEMENTATIONS, blockwise, mosaic_gpu, pallas_gpu, pallas_tpu
 from mma_jax.kernels import tokamax_gpu
 from mma_jax.kernels.block_mask import TokenIds
 
@@ -100,6 +103,7 @@ _KERNELS = {
     "xla": _dense,
     "blockwise": blockwise.attention,
     "pallas_gpu": pallas_gpu.attention,
+    "mosaic_gpu": mosaic_gpu.attention,
     "pallas_tpu": pallas_tpu.attention,
     # A mask that is not ranges in tokamax's key order (a study kind) runs blockwise instead.
     "tokamax": functools.partial(tokamax_gpu.attention, fallback=blockwise.attention),
@@ -137,6 +141,11 @@ def unavailable(implementation: str, backend: str | None = None) -> str | None:
       return pallas_gpu.UNAVAILABLE
     if backend not in _GPU + ("cpu",):
       return "a Pallas Triton kernel: runs on a GPU, or interpreted on the CPU"
+  if implementation == "mosaic_gpu":
+    if backend not in _GPU + ("cpu",):
+      return "a Pallas Mosaic GPU kernel: runs on a Hopper GPU, or interpreted on the CPU"
+    if backend == "cpu" and not hasattr(mosaic_gpu.plgpu, "InterpretGPUParams"):
+      return f"Pallas's GPU interpret mode needs jax >= 0.11 (this is {jax.__version__})"
   if implementation == "tokamax":
     if not tokamax_gpu.installed():
       return tokamax_gpu.INSTALL_HINT

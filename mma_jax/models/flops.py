@@ -74,14 +74,16 @@ def connector(cfg: VLMConfig) -> Flops:
                c.depth * _attention(n, p + n, c.heads, c.dim_head))
 
 
-def llm(cfg: LLMConfig, length: int) -> Flops:
-  """One row of `length` tokens through the decoder and the output head."""
+def llm(cfg: LLMConfig, length: int, pairs: float | None = None) -> Flops:
+  """One row of `length` tokens through the decoder and the output head; attention over
+  `pairs` query-key pairs (None: the whole row, length ** 2, the MFU convention)."""
   e, d = cfg.hidden, cfg.head_dim
   layer = 2 * length * (e * cfg.heads * d + 2 * e * cfg.kv_heads * d + cfg.heads * d * e
                         + 3 * e * cfg.mlp_dim)
   head = 2 * length * e * cfg.vocab_size
   return Flops(cfg.layers * layer + head,
-               cfg.layers * _attention(length, length, cfg.heads, d))
+               cfg.layers * _attention(1, length * length if pairs is None else pairs,
+                                       cfg.heads, d))
 
 
 def encoded_images(cfg: ViTConfig, images: int, real_images: float | None = None) -> float:
@@ -93,24 +95,27 @@ def encoded_images(cfg: ViTConfig, images: int, real_images: float | None = None
 
 
 def forward(cfg: VLMConfig, batch: int, length: int, images: int,
-            real_images: float | None = None) -> dict[str, Flops]:
+            real_images: float | None = None, pairs: float | None = None) -> dict[str, Flops]:
   """Forward FLOPs per component for `batch` rows of `length` tokens with `images` slots each,
-  of which encoded_images(...) per row go through the tower."""
+  of which encoded_images(...) per row go through the tower; the LLM's attention over `pairs`
+  allowed query-key pairs per row (None: whole rows)."""
   encoded = batch * encoded_images(cfg.vision, images, real_images)
   return {"vision": vision(cfg.vision) * encoded,
           "connector": connector(cfg) * encoded,
-          "llm": llm(cfg.llm, length) * batch}
+          "llm": llm(cfg.llm, length, pairs) * batch}
 
 
 def train_step(cfg: VLMConfig, batch: int, length: int, images: int,
-               trainable: dict[str, bool], real_images: float | None = None) -> float:
+               trainable: dict[str, bool], real_images: float | None = None,
+               pairs: float | None = None) -> float:
   """Model FLOPs of one optimizer step over the global batch (all micro-batches).
 
   trainable: component name -> whether any of its parameters train; real_images: filled image
-  slots per row on average, for the useful count (None: what the step encodes).
+  slots per row on average, and pairs: the query-key pairs the mask allows per row on
+  average, for the useful count (None: what the step encodes; attention over whole rows).
   """
   total, upstream = 0.0, False
-  for name, f in forward(cfg, batch, length, images, real_images).items():
+  for name, f in forward(cfg, batch, length, images, real_images, pairs).items():
     grads_flow = trainable[name] or upstream  # a gradient passes through this component
     backward = f.weights * (trainable[name] + grads_flow) + 2 * f.attention * grads_flow
     total += f.total + backward

@@ -132,6 +132,18 @@ def test_flops_count_the_encoded_or_the_real_images():
   assert flops.train_step(cfg, 4, 64, 8, trainable, real_images=None) == every
 
 
+def test_flops_count_attention_over_whole_rows_or_the_allowed_pairs():
+  cfg = tiny_vlm_config()
+  trainable = {"vision": False, "connector": True, "llm": True}
+  whole = flops.train_step(cfg, 4, 64, 8, trainable)
+  assert flops.train_step(cfg, 4, 64, 8, trainable, pairs=64 * 64) == pytest.approx(whole)
+  # The LLM trains: its attention costs forward + 2x backward, 4·H·D per pair forward.
+  llm = cfg.llm
+  per_pair = 3 * llm.layers * 4 * llm.heads * llm.head_dim
+  useful = flops.train_step(cfg, 4, 64, 8, trainable, pairs=1000)
+  assert whole - useful == pytest.approx(4 * (64 * 64 - 1000) * per_pair)
+
+
 def test_train_step_reports_the_images_it_holds(params):
   model, batch = _model(), _batch()
   opt = optimizer.make(config_lib.base_config().optim, 10, params)[0]
