@@ -42,8 +42,13 @@ _COL = _WGMMA.reduce(0)  # one value per tile column
 _TRANSFORMS = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
 
-def _interpret_params(interpret: bool):
-  """The one version-specific call: GPU interpret mode (jax >= 0.11) or a real lowering."""
+def _interpret_params(interpret):
+  """The one version-specific call: GPU interpret mode (jax >= 0.11) or a real lowering.
+
+  interpret: a bool, or plgpu.InterpretGPUParams (e.g. with detect_races=True).
+  """
+  if not isinstance(interpret, bool):
+    return interpret
   return plgpu.InterpretGPUParams() if interpret else None
 
 
@@ -69,9 +74,10 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
 
   Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
     block_sizes: block_q and block_q_bwd must be 64, block_k / block_k_bwd multiples of 64
-    up to 256 (None: default_blocks(D)); interpret (None: True when the default backend is the
-    CPU); heads_per_cta: query heads (warpgroups) per CTA, dividing H // K (None: 2 when it
-    can, else 1); num_stages: key tiles in flight.
+    up to 256 (None: default_blocks(D)); interpret: bool or plgpu.InterpretGPUParams (None:
+    True when the default backend is the CPU); heads_per_cta: query heads (warpgroups) per
+    CTA, dividing H // K (None: 2 when it can, else 1; 1 when interpreting); num_stages: key
+    tiles in flight. dk/dv CTAs run block_k_bwd // 64 warpgroups.
   Returns: f[B, Lq, H, D] in q's dtype; rows that may attend nothing are zero.
   """
   b, lq, h, d = q.shape
@@ -86,11 +92,16 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
   for bk in (blocks.block_k, blocks.block_k_bwd):
     if bk % ROWS or not ROWS <= bk <= 256:
       raise ValueError(f"Mosaic GPU attention: key blocks must be 64, 128, 192 or 256, got {bk}")
-  w = heads_per_cta or (2 if r % 2 == 0 else 1)
-  if r % w:
-    raise ValueError(f"heads_per_cta={w} must divide the {r} query heads per kv head")
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
+  if interpret and block_sizes is None:
+    # GPU interpret mode runs each warpgroup as a thread, and a warpgroup waiting for another
+    # holds one of XLA's CPU pool threads (NPROC of them): with 2 cores, two warpgroups can
+    # starve each other. One warpgroup per CTA by default there; explicit settings still run.
+    blocks = dataclasses.replace(blocks, block_k_bwd=ROWS)
+  w = heads_per_cta or (2 if r % 2 == 0 and not interpret else 1)
+  if r % w:
+    raise ValueError(f"heads_per_cta={w} must divide the {r} query heads per kv head")
   dtype = q.dtype
   compute = dtype if dtype in (jnp.bfloat16, jnp.float16) else jnp.bfloat16
   lq_p = block_mask.round_up(lq, ROWS)
@@ -200,7 +211,7 @@ class _KeyStream:
     plgpu.barrier_wait(self.bars[which].at[slot])
 
   def release(self, j, slot):
-    plgpu.barrier_arrive(self.consumed.at[slot])
+    _release(self.consumed.at[slot])
 
     @pl.when((self.wg == 0) & (j + self.stages < self.count()))
     def _():
@@ -209,6 +220,13 @@ class _KeyStream:
 
   def drain(self):
     _drain(self.consumed, self.stages, self.count(), self.wg)
+
+
+def _release(consumed):
+  """This warpgroup is done reading a slot. The proxy fence orders its generic-proxy SMEM reads
+  (key ids, rows of logsumexp) before the TMA (async proxy) that will refill the slot."""
+  plgpu.commit_smem()
+  plgpu.barrier_arrive(consumed)
 
 
 def _drain(consumed, stages: int, steps, wg):
@@ -426,7 +444,7 @@ def _backward(st: _Static, res, dout):
       dlt = plgpu.load(delta_smem.at[slot], layout=_COL)
       ds_t = p_t * (dp_t - _cols(dlt, shape)) * st.scale
       dk = _wgmma_acc(dk, ds_t.astype(q_tile.dtype), q_tile, st.interpret)
-      plgpu.barrier_arrive(consumed.at[slot])
+      _release(consumed.at[slot])
 
       @pl.when((wg == 0) & (t + st.stages < steps))
       def _():
