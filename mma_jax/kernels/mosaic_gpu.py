@@ -1,21 +1,25 @@
 """Flash attention for Hopper in Pallas Mosaic GPU, forward and backward, mask from the ids.
 
-Note (first version): correctness first. Same contract as pallas_gpu.attention (the Triton
-kernel, deprecated by JAX 0.11): the live-block plan of block_mask.plan, the mask evaluated
-per tile in-kernel from the segment / index / group ids, an online softmax in f32, GQA, padding
-rows zero, any Lq (decode chunks against a KV cache). Interpret mode (CPU) needs jax >= 0.11.
+Note (first version, 2026-12-04): correctness first; not yet run on a GPU. Checked on the CPU
+only: GPU interpret mode (outputs and gradients vs masks.dense_mask, race detector on) and the
+real Mosaic GPU lowering, under jax 0.12.0.1 and 0.11.2. Same contract as pallas_gpu.attention
+(the Triton kernel, deprecated by JAX 0.11): the live-block plan of block_mask.plan, the mask
+evaluated per tile in-kernel from the segment / index / group ids, an online softmax in f32,
+GQA, padding rows zero, any Lq (decode chunks against a KV cache).
 
 Layout of the work, per CTA (all tiles wgmma-sized: 64 rows per warpgroup):
-  forward, dq  one (batch row, 64-query block, W query heads of one kv head); warpgroup w takes
+  forward, dq  one (64-query block, batch row, W query heads of one kv head); warpgroup w takes
                head w, so the K/V tiles of a visited key block are loaded once (TMA, into SMEM)
-               for all W heads. Key blocks come from the plan's list, double-buffered: the TMA
-               of block j + stages overlaps the wgmmas of block j.
-  dk/dv        one (batch row, key block of 64 * W rows, kv head); warpgroup w takes 64 key rows
-               and the CTA loops over (query head of the kv head, live query block), summing the
-               GQA heads in-kernel; Q / dO tiles are loaded once for the W warpgroups.
-Hopper features used: wgmma (QK^T, PV, dP, dQ, dK, dV), TMA copies GMEM <-> SMEM with mbarriers,
-software pipelining over the visit list. Not yet: warp specialisation, a producer warpgroup,
-skipping the mask on full tiles. Inputs are computed in bf16 / f16 (f32 inputs are cast to bf16);
+               for all W heads. Key blocks come from the plan's list through `stages` SMEM
+               slots: the TMA of block j + stages overlaps the wgmmas of blocks j + 1 ...
+  dk/dv        one (key block of 64 * nw rows, batch row, kv head); warpgroup w takes 64 key
+               rows and the CTA loops over (query head of the kv head, live query block),
+               summing the GQA heads in-kernel; Q / dO tiles are loaded once for the nw
+               warpgroups.
+Hopper features used: wgmma (QK^T, PV, dP, dQ, dK, dV; P and dS from registers), TMA copies
+GMEM <-> SMEM with mbarriers, software pipelining over the visit list. Not yet: warp
+specialisation (a producer warpgroup), ping-pong scheduling, skipping the mask on full tiles,
+tuned tiles. Computed in bf16 / f16 with f32 accumulation (f32 inputs are cast to bf16);
 head_dim is zero-padded to a multiple of 64.
 """
 from __future__ import annotations
@@ -68,7 +72,7 @@ class _Static:
 
 
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes | None = None,
-              interpret: bool | None = None, heads_per_cta: int | None = None,
+              interpret: Any = None, heads_per_cta: int | None = None,
               num_stages: int = 2):
   """Masked attention from the compact ids.
 

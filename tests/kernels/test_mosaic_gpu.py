@@ -164,16 +164,18 @@ def test_decoding_chunk_over_cache_slots(d, heads):
   _close(got, want, f"decode d={d}")
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_forward_and_backward_lower_for_the_gpu(head_dim):
-  """The real Mosaic GPU lowering (wgmma, TMA, barriers) on a CPU-only machine: interpret mode
-  cannot catch a construct the lowering rejects (layouts, tile shapes)."""
+@pytest.mark.parametrize("head_dim, heads", [(64, (8, 2)), (128, (4, 4))],
+                         ids=["d64-gqa4", "d128-mha"])
+def test_forward_and_backward_lower_for_the_gpu(head_dim, heads):
+  """The real Mosaic GPU lowering (wgmma, TMA, barriers) on a CPU-only machine, with the GPU
+  defaults (d64-gqa4: two warpgroups per CTA everywhere; d128-mha: one): interpret mode cannot
+  catch a construct the lowering rejects (layouts, tile shapes)."""
   layout = ("P" + "I" * 60 + "P" * 20 + "A" * 19) * 3  # 300 tokens, 3 examples
   v = {n: jnp.repeat(x, 2, axis=0) for n, x in vectors(layout, seg="1" * 100 + "2" * 100 +
                                                          "3" * 100).items()}
   q_ids, k_ids = attention.token_ids(v["segment_ids"], v["modality"], v["role"], v["turn"], "mma")
-  q = jnp.zeros((2, 300, 8, head_dim), jnp.bfloat16)
-  kv = jnp.zeros((2, 300, 2, head_dim), jnp.bfloat16)
+  q = jnp.zeros((2, 300, heads[0], head_dim), jnp.bfloat16)
+  kv = jnp.zeros((2, 300, heads[1], head_dim), jnp.bfloat16)
 
   def loss(q, k, v):
     out = mosaic_gpu.attention(q, k, v, q_ids, k_ids, interpret=False)
