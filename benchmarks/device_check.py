@@ -207,7 +207,7 @@ def header(out: Report, setting: Setting, argv: list[str]) -> None:
       f", tokamax {_version('tokamax')}, torch {_version('torch')}, transformers "
       f"{_version('transformers')}")
   out(f"- command: python benchmarks/device_check.py {' '.join(argv)}".rstrip())
-  out(f"- setting: {'tiny' if setting is TINY else 'full'}; attention 'auto' resolves to "
+  out(f"- setting: {'tiny' if setting.model == TINY.model else 'full'}; attention 'auto' resolves to "
       f"{attention.resolve('auto', max(setting.speed_lengths))} here")
 
 
@@ -589,6 +589,8 @@ def train_step_check(out: Report, setting: Setting, budget: Budget, args):
   config = config_lib.base_config()
   config.model = presets.model(setting.model)
   config.model.llm.attention = args.train_attention
+  if args.train_loss_chunk is not None:
+    config.model.llm.loss_chunk = args.train_loss_chunk
   cfg = build.model_config(config, TINY_VOCAB)
   length, batch_size = setting.train_length, setting.train_batch
   device = jax.devices()[0]
@@ -771,6 +773,11 @@ def parse_args(argv):
                       help="skip a dense path whose L x L arrays would need more")
   parser.add_argument("--train_attention", default="auto",
                       help="config.model.llm.attention of the train step")
+  parser.add_argument("--train_loss_chunk", type=int, default=None,
+                      help="config.model.llm.loss_chunk of the train step (default: the "
+                           "preset's; -1 = the whole logits at once)")
+  parser.add_argument("--speed_lengths", default="",
+                      help="comma-separated L of (b) and (d) (default: the setting's)")
   args = parser.parse_args(argv)
   args.sections = [s for s in args.sections.split(",") if s]
   for s in args.sections:
@@ -786,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   setting = TINY if args.tiny else FULL
+  if args.speed_lengths:
+    setting = dataclasses.replace(
+        setting, speed_lengths=tuple(int(n) for n in args.speed_lengths.split(",")))
   out = Report()
   budget = Budget.for_sections(args.budget_s, setting, args.sections)
   failures = 0

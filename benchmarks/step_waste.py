@@ -10,7 +10,7 @@ train step (mma_jax.train.memory.compile_step; nothing is allocated or timed):
           to the models/flops.py count. The towers have one layer each: XLA's cost analysis
           counts a scanned body once, so one layer (and one pass of images) is counted exactly.
   loss    the loss over a 32k vocabulary from the whole f32 logits (model.llm.loss_chunk = -1)
-          vs chunks (0 = auto): compiled temporaries (no FLOPs: XLA would count one chunk).
+          vs chunks of 512 tokens: compiled temporaries (no FLOPs: XLA would count one chunk).
   remat   the LLM's remat policies (model.llm.remat): compiled temporaries vs the estimate
           of mma_jax.train.memory.
 """
@@ -82,7 +82,7 @@ def loss_section():
   print(f"## loss: {batch} rows x {length} tokens, vocab {cfg.llm.vocab_size}; whole f32 logits "
         f"= {batch * length * cfg.llm.vocab_size * 4 / MiB:.0f} MiB")
   temps = []
-  for chunk in (-1, 0):
+  for chunk in (-1, 512):
     c = _with(cfg, llm={"loss_chunk": chunk})
     compiled, mesh, optim = _step(c, batch, length, images)
     temp = compiled.memory_analysis().temp_size_in_bytes

@@ -10,25 +10,30 @@ One interface, several implementations (config key model.llm.attention):
               JAX 0.11 deprecated Pallas's Triton backend (its warning is shown once).
   mosaic_gpu  Pallas Mosaic GPU flash kernel for Hopper (wgmma, TMA, pipelined over the live
               blocks), forward and backward, dead blocks skipped; the supported successor of
-              pallas_gpu. Not in auto until a device check measures it.
+              pallas_gpu (sm_90 only: wgmma; jax >= 0.11). Second in auto until a device
+              check passes on the current kernel (below).
   pallas_tpu  Splash-style Pallas Mosaic kernel, forward and backward, dead blocks skipped (TPU).
   tokamax     tokamax's Mosaic GPU flash attention (Hopper / Blackwell; optional package) with
               per-row key ranges after one key reordering (kernels/tokamax_gpu.py).
   auto        the measured-fastest implementation that runs here (below).
 
 What `auto` picks, by backend, and why. GPU: the first of GPU_PREFERENCE that can run. Measured
-on one H200, 2026-12-04, jax 0.11.2 (MMA, bf16, 32 query / 8 kv heads, head dim 64, 2 packed
-rows of 8192 tokens, forward+backward; docs/performance.md):
+on one H200, 2026-12-04, jax 0.11.2, in one device-check run (MMA, bf16, 32 query / 8 kv heads,
+head dim 64, 2 packed rows of 8192 tokens, forward+backward; docs/performance.md):
 
-  pallas_gpu  2.0 ms   while the installed JAX has Pallas's Triton lowering (0.11.2 and 0.12
-                       have it, deprecated); 1.42x torch FlexAttention, 7.6x cuDNN + dense mask
-  tokamax     12.1 ms  its backward skips no tile; correct (registry key "mosaic_gpu")
-  blockwise   30.2 ms  XLA; runs everywhere
-  (cuDNN through jax.nn.dot_product_attention with a dense mask: 15.3 ms, and O(L^2) memory)
+  pallas_gpu  1.81 ms  while the installed JAX has Pallas's Triton lowering (0.11.2 and 0.12
+                       have it, deprecated); any CUDA GPU Triton supports; 1.56x torch
+                       FlexAttention; correct in two device checks
+  mosaic_gpu  1.41 ms  on a Hopper GPU (sm_90) with jax >= 0.11; 2.0x FlexAttention. The kernel
+                       measured then (commit 1cd452f) passed every correctness check; the
+                       interpreter's race detector then flagged a missing proxy fence, fixed
+                       since (1903658) but not yet run on a GPU: it takes the first place once a
+                       device check passes on it
+  tokamax     12.07 ms its backward skips no tile; correct (registry key "mosaic_gpu")
+  blockwise   28.5 ms  XLA; runs everywhere
+  (cuDNN through jax.nn.dot_product_attention with a dense mask: 15.2 ms, and O(L^2) memory)
 
-A Mosaic GPU kernel of our own takes the first place once it exists and a device check shows it
-faster. TPU: pallas_tpu. CPU (and any other backend): xla up to DENSE_MAX_KEYS keys, blockwise
-beyond.
+TPU: pallas_tpu. CPU (and any other backend): xla up to DENSE_MAX_KEYS keys, blockwise beyond.
 
 The Pallas kernels run in interpret mode when the default backend is the CPU (tests). Inside a
 mesh context the kernels run per shard (shard_map over the batch and heads axes of the current
@@ -55,7 +60,7 @@ __all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLE
 # auto on CPU: the dense path up to this many keys, blockwise beyond (see benchmarks/attention.py).
 DENSE_MAX_KEYS = 512
 # auto on a GPU: the first of these that can run (see the module docstring for the figures).
-GPU_PREFERENCE = ("pallas_gpu", "tokamax", "blockwise")
+GPU_PREFERENCE = ("pallas_gpu", "mosaic_gpu", "tokamax", "blockwise")
 _GPU = ("gpu", "cuda", "rocm")
 
 
@@ -126,6 +131,13 @@ def resolve(implementation: str, num_keys: int, backend: str | None = None) -> s
   return "xla" if num_keys <= DENSE_MAX_KEYS else "blockwise"
 
 
+def gpu_arch() -> str | None:
+  """This process's first GPU's compute capability ("9.0"), or None without a GPU."""
+  if jax.default_backend() not in _GPU:
+    return None
+  return str(getattr(jax.devices()[0], "compute_capability", "")) or None
+
+
 def unavailable(implementation: str, backend: str | None = None) -> str | None:
   """Why `implementation` cannot run on `backend` (default: this process's), or None if it can.
 
@@ -144,8 +156,11 @@ def unavailable(implementation: str, backend: str | None = None) -> str | None:
   if implementation == "mosaic_gpu":
     if backend not in _GPU + ("cpu",):
       return "a Pallas Mosaic GPU kernel: runs on a Hopper GPU, or interpreted on the CPU"
-    if backend == "cpu" and not hasattr(mosaic_gpu.plgpu, "InterpretGPUParams"):
-      return f"Pallas's GPU interpret mode needs jax >= 0.11 (this is {jax.__version__})"
+    if jax.__version_info__ < (0, 11):  # and Pallas's GPU interpret mode starts there
+      return f"a Pallas Mosaic GPU kernel checked from jax 0.11 on (this is {jax.__version__})"
+    arch = gpu_arch()
+    if backend in _GPU and arch is not None and not arch.startswith("9"):
+      return f"a Hopper (sm_90) kernel: wgmma; this GPU is sm_{arch.replace('.', '')}"
   if implementation == "tokamax":
     if not tokamax_gpu.installed():
       return tokamax_gpu.INSTALL_HINT

@@ -65,13 +65,20 @@ def test_config_names_the_key_of_an_unknown_implementation():
 
 
 def test_auto_picks_the_measured_fastest_kernel_that_runs(monkeypatch):
-  # On this JAX (0.10 on Python 3.11, 0.11 / 0.12 on 3.12) Pallas Triton imports: pallas_gpu,
-  # the fastest measured on an H200 (0.11.2, where 55e6723's auto gave tokamax or blockwise).
+  # Measured on an H200 with jax 0.11.2: pallas_gpu while Pallas Triton imports (55e6723's
+  # auto gave tokamax, which crashed, or blockwise, 15x slower), then mosaic_gpu (faster, but
+  # its current version has not run on a GPU yet), which needs jax >= 0.11 and Hopper.
   assert attention.pallas_gpu.AVAILABLE
   assert attention.resolve("auto", 8192, "gpu") == "pallas_gpu"
   assert attention.resolve("auto", 160, "cuda") == "pallas_gpu"
-  # A JAX without the Triton lowering: tokamax when installed, else XLA's blockwise path.
   monkeypatch.setattr(attention.pallas_gpu, "AVAILABLE", False)
+  monkeypatch.setattr(attention.tokamax_gpu, "installed", lambda: False)
+  hopper = jax.__version_info__ >= (0, 11)
+  monkeypatch.setattr(attention, "gpu_arch", lambda: "9.0")  # an H100 / H200
+  assert attention.resolve("auto", 8192, "gpu") == ("mosaic_gpu" if hopper else "blockwise")
+  monkeypatch.setattr(attention, "gpu_arch", lambda: "8.0")  # an A100: no wgmma
+  assert ("sm_80" if hopper else "jax 0.11") in attention.unavailable("mosaic_gpu", "gpu")
+  # A JAX without the Triton lowering, no Hopper: tokamax when installed, else blockwise.
   assert "no Pallas Triton backend" in attention.unavailable("pallas_gpu", "gpu")
   for installed, want in ((True, "tokamax"), (False, "blockwise")):
     monkeypatch.setattr(attention.tokamax_gpu, "installed", lambda installed=installed: installed)

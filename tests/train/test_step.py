@@ -65,11 +65,13 @@ def test_chunked_loss_equals_the_whole_logits_loss(tie):
     _assert_same(_loss_and_grads(whole, p, batch), _loss_and_grads(chunked, p, batch), 1e-5)
 
 
-def test_auto_chunks_only_large_vocabularies():
+def test_auto_chunks_only_rows_whose_logits_pass_4_gib():
   assert configs.LLMConfig(vocab_size=256).loss_chunk_for(4096) == 0
-  assert configs.LLMConfig(vocab_size=32768).loss_chunk_for(4096) == 512
-  assert configs.LLMConfig(vocab_size=128256).loss_chunk_for(4096) == 128
-  assert configs.LLMConfig(vocab_size=128256).loss_chunk_for(128) == 0  # one chunk: whole
+  assert configs.LLMConfig(vocab_size=32768).loss_chunk_for(4096) == 0
+  # 4096 x 128,256 f32 logits are 2.1 GB: whole (chunks cost step time, measured on an H200)
+  assert configs.LLMConfig(vocab_size=128256).loss_chunk_for(4096) == 0
+  assert configs.LLMConfig(vocab_size=128256).loss_chunk_for(16384) == 2048  # 8.4 GB: chunked
+  assert configs.LLMConfig(vocab_size=32768).loss_chunk_for(65536) == 8192
   assert configs.LLMConfig(vocab_size=128256, loss_chunk=-1).loss_chunk_for(4096) == 0
 
 
