@@ -406,7 +406,6 @@ def speed(out: Report, setting: Setting, names: list[str], budget: Budget, args)
     flop[length] = {kind: useful_flops(allowed_pairs(rows, kind), h, d) for kind in SPEED_KINDS}
     for name in [dense] + timed:
       row = f"| {length} | {batch} | {name} |"
-      reason = None
       # Dense paths hold L x L per row: the mask (1 byte) and its bf16 bias (cuDNN), or
       # about four f32 [B, H, L, L] arrays in XLA's fwd+bwd.
       if name == dense and dense_impl == "cudnn":
@@ -415,10 +414,7 @@ def speed(out: Report, setting: Setting, names: list[str], budget: Budget, args)
         gib = 4 * 4 * batch * h * length ** 2 / 2 ** 30
       else:
         gib = 0.0
-      if gib > args.dense_budget_gib:
-        reason = (f"skipped: the dense path needs ~{gib:.1f} GiB at this length "
-                  f"(--dense_budget_gib={args.dense_budget_gib:g})")
-      reason = reason or budget.skip_reason("speed", name, length)
+      reason = skip_reason(budget, "speed", name, length, gib, args)
       if reason:
         out(f"{row} {reason} |" + " |" * 9)
         continue
@@ -431,6 +427,15 @@ def speed(out: Report, setting: Setting, names: list[str], budget: Budget, args)
         out(f"{row} {error_text(e)} |" + " |" * 9)
       budget.record("speed", name, length, time.perf_counter() - t0)
   return results, dense, timed, flop
+
+
+def skip_reason(budget: Budget, section: str, name: str, length: int, gib: float, args):
+  """Why an item is skipped (a dense path over --dense_budget_gib, or the time budget), or
+  None."""
+  if gib > args.dense_budget_gib:
+    return (f"skipped: the dense path needs ~{gib:.1f} GiB at this length "
+            f"(--dense_budget_gib={args.dense_budget_gib:g})")
+  return budget.skip_reason(section, name, length)
 
 
 def time_kinds(name: str, dense_impl: str | None, rows, ids, inputs, reps: int):
@@ -529,11 +534,9 @@ def peers(out: Report, setting: Setting, budget: Budget, args, results, flop) ->
                       for kind in SPEED_KINDS}
     for peer in (FLEX, SDPA):
       row = f"| {length} | {batch} | {peer} |"
-      gib = batch * length ** 2 * (1 + 2 * 4) / 2 ** 30  # bool mask + SDPA's f32 scores, x2
-      reason = (f"skipped: the dense path needs ~{gib:.1f} GiB at this length "
-                f"(--dense_budget_gib={args.dense_budget_gib:g})"
-                if peer == SDPA and gib > args.dense_budget_gib else None)
-      reason = reason or budget.skip_reason("peers", peer, length)
+      # SDPA holds the bool mask and its f32 scores, twice over for the backward
+      gib = batch * length ** 2 * (1 + 2 * 4) / 2 ** 30 if peer == SDPA else 0.0
+      reason = skip_reason(budget, "peers", peer, length, gib, args)
       if reason:
         out(f"{row} {reason} |" + " |" * 6)
         continue
