@@ -57,8 +57,9 @@ def _interpret_params(interpret):
 
 
 def default_blocks(head_dim: int) -> BlockSizes:
-  """Query tiles are 64 rows (one warpgroup); 128-key tiles forward, 64 backward."""
-  return BlockSizes(ROWS, 128, ROWS, 64 if head_dim > 64 else 128)
+  """Query tiles are 64 rows (one warpgroup). Keys: 128 forward (64 above head_dim 128, for
+  SMEM); backward 128 (two dk/dv warpgroups) at head_dim 64, else 64. Untuned."""
+  return BlockSizes(ROWS, 128 if head_dim <= 128 else 64, ROWS, 128 if head_dim <= 64 else 64)
 
 
 @dataclasses.dataclass(frozen=True)
