@@ -167,10 +167,11 @@ def tokamax_kernel(q, k, v, k_start, k_end, scale: float, implementation: str = 
   Args: q f[B, L, H, D]; k, v f[B, L, K, D]; k_start, k_end i32[B, L]; scale: logits scale.
   Returns: f[B, L, H, D].
   """
+  kernel = op(implementation)  # first: without tokamax, the error that says how to install it
   # pylint: disable-next=g-import-not-at-top (optional dependency, Python >= 3.12 only)
   from tokamax._src.ops.attention import base
   mask = base.Mask(k_start=k_start[:, None, :], k_end=k_end[:, None, :])  # [B, heads 1, L]
-  return op(implementation)(q, k, v, mask=mask, logits_scale=scale)
+  return kernel(q, k, v, mask=mask, logits_scale=scale)
 
 
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = MOSAIC_GPU,

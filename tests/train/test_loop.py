@@ -204,7 +204,7 @@ def test_a_record_that_fails_mid_run_stops_it_or_is_skipped(tmp_path, caplog):
   # The same command with skip_bad_records: it resumes from that checkpoint and goes on,
   # the record counted and logged with its id.
   c.data.skip_bad_records = True
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):  # whatever verbosity others left
     train_and_evaluate(c, workdir)
   logged = [r.getMessage() for r in caplog.records]
   assert any(f"at step {saved[-1]} " in m and "Resuming from" in m for m in logged), logged
