@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MMA ablation study (mma_jax/study.py): one PT run, then SFT for causal I&T, reversed T&I,
+# The MMA ablation study (mma_jax/study/): one PT run, then SFT for causal I&T, reversed T&I,
 # DOT, causal with DOT's doubled budget, MMA and prefix-LM over 5 seeds, then the report.
 #   launch/study.sh runs/study [--seeds=5] [--steps=N] [--pt_steps=N] [--timing_seconds=2]
 #                              [--config.KEY=VALUE ...]
