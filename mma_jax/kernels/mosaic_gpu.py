@@ -259,10 +259,27 @@ def _stream_scratch(st: _Static, size, d, dtype, nf, num_wg):
   return smems, bars, plgpu.Barrier(num_arrivals=num_wg, num_barriers=s)
 
 
+def _query_block(st: _Static, w: int, r: int, bk: int, lists_ref, k_ref, v_ref, kf_ref, smems,
+                 bars, consumed):
+  """This CTA's query block in the forward and dq kernels (grid q, b, hg; warpgroup wg takes
+  query head hg * w + wg, whose kv head is (hg * w) // r) and its key stream, started.
+
+  Returns: (batch row, warpgroup, query head, query rows slice, _KeyStream).
+  """
+  i, bb, hg, wg = (lax.axis_index(n) for n in ("q", "b", "hg", "wg"))
+  kv_head = lax.div(hg * w, r)
+  stream = _KeyStream(
+      lists_ref.at[bb, i],
+      [lambda ks: k_ref.at[bb, ks, kv_head], lambda ks: v_ref.at[bb, ks, kv_head],
+       lambda ks: kf_ref.at[bb, :, ks]],
+      smems, bars, consumed, bk, st.stages, wg)
+  stream.prologue()
+  return bb, wg, hg * w + wg, pl.ds(pl.multiple_of(i * ROWS, ROWS), ROWS), stream
+
+
 def _forward(st: _Static, q, k, v, q_ids, k_ids):
   """-> out f[B, Lq, H, D], lse f32[B, H, Lq]."""
   b, lq, h, d = q.shape
-  lk = k.shape[1]
   r = h // k.shape[2]
   w, bk = st.heads_per_cta, st.block_k
   lists = block_mask.plan(q_ids, k_ids, ROWS, bk).kv
@@ -271,17 +288,9 @@ def _forward(st: _Static, q, k, v, q_ids, k_ids):
 
   def kernel(lists_ref, q_ref, k_ref, v_ref, qf_ref, kf_ref, o_ref, lse_ref,
              q_smem, lse_smem, q_bar, smems, bars, consumed):
-    i, bb, hg, wg = (lax.axis_index(n) for n in ("q", "b", "hg", "wg"))
-    head = hg * w + wg
-    kv_head = lax.div(hg * w, r)
-    q_rows = pl.ds(pl.multiple_of(i * ROWS, ROWS), ROWS)
-    stream = _KeyStream(
-        lists_ref.at[bb, i],
-        [lambda ks: k_ref.at[bb, ks, kv_head], lambda ks: v_ref.at[bb, ks, kv_head],
-         lambda ks: kf_ref.at[bb, :, ks]],
-        smems, bars, consumed, bk, st.stages, wg)
+    bb, wg, head, q_rows, stream = _query_block(st, w, r, bk, lists_ref, k_ref, v_ref, kf_ref,
+                                                smems, bars, consumed)
     k_smem, v_smem, kf_smem = smems
-    stream.prologue()
     q_tile = q_smem.at[wg]
     plgpu.copy_gmem_to_smem(q_ref.at[bb, q_rows, head], q_tile, q_bar.at[wg])
     q_side = [plgpu.load(qf_ref.at[bb, f, q_rows], layout=_ROW, optimized=False)
@@ -345,17 +354,9 @@ def _backward(st: _Static, res, dout):
 
   def dq_kernel(lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qf_ref, kf_ref,
                 dq_ref, q_smem, do_smem, q_bar, smems, bars, consumed):
-    i, bb, hg, wg = (lax.axis_index(n) for n in ("q", "b", "hg", "wg"))
-    head = hg * w + wg
-    kv_head = lax.div(hg * w, r)
-    q_rows = pl.ds(pl.multiple_of(i * ROWS, ROWS), ROWS)
-    stream = _KeyStream(
-        lists_ref.at[bb, i],
-        [lambda ks: k_ref.at[bb, ks, kv_head], lambda ks: v_ref.at[bb, ks, kv_head],
-         lambda ks: kf_ref.at[bb, :, ks]],
-        smems, bars, consumed, bk, st.stages, wg)
+    bb, wg, head, q_rows, stream = _query_block(st, w, r, bk, lists_ref, k_ref, v_ref, kf_ref,
+                                                smems, bars, consumed)
     k_smem, v_smem, kf_smem = smems
-    stream.prologue()
     q_tile, do_tile = q_smem.at[wg], do_smem.at[wg]
     plgpu.copy_gmem_to_smem(q_ref.at[bb, q_rows, head], q_tile, q_bar.at[wg])
     plgpu.copy_gmem_to_smem(do_ref.at[bb, q_rows, head], do_tile, q_bar.at[wg])
