@@ -35,6 +35,10 @@ head dim 64, 2 packed rows of 8192 tokens, forward+backward; docs/performance.md
 
 TPU: pallas_tpu. CPU (and any other backend): xla up to DENSE_MAX_KEYS keys, blockwise beyond.
 
+What a kernel derives from the ids alone (its block plans, xla's dense mask, tokamax's key
+order) is built by `prepare` once per model call (models/llm.py) and passed to every layer's
+`attention(..., prepared=)`; without it, each call builds its own.
+
 The Pallas kernels run in interpret mode when the default backend is the CPU (tests). Inside a
 mesh context the kernels run per shard (shard_map over the batch and heads axes of the current
 logical rules), since XLA cannot partition a custom kernel call itself.
@@ -54,8 +58,8 @@ from mma_jax.kernels import IMPLEMENTATIONS, blockwise, mosaic_gpu, pallas_gpu, 
 from mma_jax.kernels import tokamax_gpu
 from mma_jax.kernels.block_mask import TokenIds
 
-__all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "IMPLEMENTATIONS",
-           "resolve", "unavailable"]
+__all__ = ["TokenIds", "token_ids", "dot_product_attention", "attention", "prepare",
+           "IMPLEMENTATIONS", "resolve", "unavailable"]
 
 # auto on CPU: the dense path up to this many keys, blockwise beyond (see benchmarks/attention.py).
 DENSE_MAX_KEYS = 512
@@ -98,20 +102,28 @@ def dot_product_attention(q, k, v, mask=None):
   return out.reshape(b, lq, h, d)
 
 
-def _dense(q, k, v, q_ids: TokenIds, k_ids: TokenIds):
-  mask = masks.compact_mask(q_ids.segment, q_ids.index, q_ids.group,
+def _dense_mask(q_ids: TokenIds, k_ids: TokenIds, head_dim: int | None = None):
+  """bool[B, Lq, Lk]: the xla path's preparation."""
+  del head_dim
+  return masks.compact_mask(q_ids.segment, q_ids.index, q_ids.group,
                             k_ids.segment, k_ids.index, k_ids.group)
+
+
+def _dense(q, k, v, q_ids: TokenIds, k_ids: TokenIds, *, prepared=None):
+  mask = _dense_mask(q_ids, k_ids) if prepared is None else prepared
   return dot_product_attention(q, k, v, mask)
 
 
+# name: (attention(q, k, v, q_ids, k_ids, *, prepared), prepare(q_ids, k_ids, head_dim)).
 _KERNELS = {
-    "xla": _dense,
-    "blockwise": blockwise.attention,
-    "pallas_gpu": pallas_gpu.attention,
-    "mosaic_gpu": mosaic_gpu.attention,
-    "pallas_tpu": pallas_tpu.attention,
+    "xla": (_dense, _dense_mask),
+    "blockwise": (blockwise.attention, blockwise.prepare),
+    "pallas_gpu": (pallas_gpu.attention, pallas_gpu.prepare),
+    "mosaic_gpu": (mosaic_gpu.attention, mosaic_gpu.prepare),
+    "pallas_tpu": (pallas_tpu.attention, pallas_tpu.prepare),
     # A mask that is not ranges in tokamax's key order (a study kind) runs blockwise instead.
-    "tokamax": functools.partial(tokamax_gpu.attention, fallback=blockwise.attention),
+    "tokamax": (functools.partial(tokamax_gpu.attention, fallback=blockwise.attention),
+                functools.partial(tokamax_gpu.prepare, fallback=blockwise.prepare)),
 }
 assert IMPLEMENTATIONS == ("auto",) + tuple(_KERNELS), "kernels.IMPLEMENTATIONS is out of date"
 
@@ -169,7 +181,7 @@ def unavailable(implementation: str, backend: str | None = None) -> str | None:
   return None
 
 
-def _per_shard(fn, q, k):
+def _per_shard(fn, q, k, prepared):
   """fn under shard_map over the batch (and heads) axes when a multi-device mesh is active."""
   mesh = jax.sharding.get_abstract_mesh()  # of `with jax.set_mesh(mesh)` (sharding.use)
   if mesh.empty or mesh.size == 1:
@@ -184,19 +196,39 @@ def _per_shard(fn, q, k):
   kv_spec = PartitionSpec(batch, None, kv_heads, None)
   ids_spec = TokenIds(PartitionSpec(batch, None), PartitionSpec(batch, None),
                       PartitionSpec(batch, None, None))
-  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, ids_spec, ids_spec),
+  # Every prepared array is per batch row (leading axis), but for scalars (tokamax's `exact`).
+  prepared_spec = jax.tree.map(
+      lambda x: PartitionSpec(batch, *[None] * (x.ndim - 1)) if x.ndim else PartitionSpec(),
+      prepared)
+  return jax.shard_map(fn, mesh=mesh,
+                       in_specs=(q_spec, kv_spec, kv_spec, ids_spec, ids_spec, prepared_spec),
                        out_specs=q_spec, check_vma=False)
 
 
-def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "auto"):
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int, implementation: str = "auto"):
+  """What `attention` derives from the ids alone (the block plans' sorts; xla's dense mask;
+  tokamax's key order), built once per model call and passed to every layer's call.
+
+  Args: q_ids / k_ids over Lq / Lk tokens (the same as the attention calls'); head_dim: of
+    the calls' q; implementation: theirs.
+  Returns: a pytree of arrays, each with the batch as its leading axis (or a scalar).
+  """
+  name = resolve(implementation, k_ids.segment.shape[1])
+  return _KERNELS[name][1](q_ids, k_ids, head_dim)
+
+
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = "auto",
+              prepared=None):
   """Masked attention from the compact ids.
 
   Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D]; q_ids / k_ids over Lq / Lk tokens;
-    implementation: one of IMPLEMENTATIONS.
+    implementation: one of IMPLEMENTATIONS; prepared: `prepare`'s result for these ids and
+    implementation (None: built inside this call).
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   name = resolve(implementation, k.shape[1])
-  fn = _KERNELS[name]
+  kernel = _KERNELS[name][0]
+  fn = lambda q, k, v, q_ids, k_ids, prepared: kernel(q, k, v, q_ids, k_ids, prepared=prepared)
   if name != "xla":
-    fn = _per_shard(fn, q, k)
-  return fn(q, k, v, q_ids, k_ids)
+    fn = _per_shard(fn, q, k, prepared)
+  return fn(q, k, v, q_ids, k_ids, prepared)

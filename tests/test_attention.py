@@ -26,11 +26,14 @@ from tests.test_masks import packed_rows
 
 B, L, H, K, D = 2, 37, 4, 2, 8   # 37 tokens: not a multiple of any block below
 TINY = BlockSizes(8, 16, 16, 8)
-IMPLEMENTATIONS = {
-    "blockwise": functools.partial(blockwise.attention, block_q=8, block_k=16),
-    "pallas_gpu": functools.partial(pallas_gpu.attention, block_sizes=TINY, interpret=True),
-    "pallas_tpu": functools.partial(pallas_tpu.attention, block_sizes=TINY, interpret=True),
+# name: (kernel module, its options); `attention` and `prepare` take the same options.
+KERNELS = {
+    "blockwise": (blockwise, dict(block_q=8, block_k=16)),
+    "pallas_gpu": (pallas_gpu, dict(block_sizes=TINY, interpret=True)),
+    "pallas_tpu": (pallas_tpu, dict(block_sizes=TINY, interpret=True)),
 }
+IMPLEMENTATIONS = {name: functools.partial(module.attention, **options)
+                   for name, (module, options) in KERNELS.items()}
 
 
 def test_matches_jax_reference_with_dense_mask_and_padding_rows_are_zero():
@@ -131,11 +134,18 @@ def _ids(rows, kind):
 
 @functools.cache
 def _value_and_grads(name):
-  fn = attention._dense if name == "xla" else IMPLEMENTATIONS[name]
+  """As the model calls a kernel: its plans prepared once, outside the differentiated call."""
+  if name == "xla":
+    fn, prepare = attention._dense, attention._dense_mask
+  else:
+    module, options = KERNELS[name]
+    fn = functools.partial(module.attention, **options)
+    prepare = functools.partial(module.prepare, **options)
 
   @jax.jit
   def run(q, k, v, q_ids, k_ids, dout):
-    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, q_ids, k_ids), q, k, v)
+    prepared = prepare(q_ids, k_ids, D)
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, q_ids, k_ids, prepared=prepared), q, k, v)
     return (out,) + vjp(dout)
 
   return run

@@ -120,6 +120,32 @@ def plan(q_ids: TokenIds, k_ids: TokenIds, block_q: int, block_k: int) -> Plan:
   return Plan(visit_lists(live), visit_lists(jnp.swapaxes(live, 1, 2)))
 
 
+def plans(q_ids: TokenIds, k_ids: TokenIds, lq_padded: int, lk_padded: int,
+          blocks) -> dict[str, Plan]:
+  """One Plan per distinct (block_q, block_k) of `blocks`, keyed by `key`.
+
+  What a kernel's `prepare` returns: the model builds it once per call (attention.prepare)
+  and every layer's kernel call looks its plans up (`lookup`) instead of sorting again.
+  Args: ids over Lq / Lk tokens; the lengths the kernel pads them to (multiples of blocks).
+  """
+  q_ids, k_ids = pad(q_ids, lq_padded), pad(k_ids, lk_padded)
+  return {key(bq, bk): plan(q_ids, k_ids, bq, bk) for bq, bk in sorted(set(blocks))}
+
+
+def key(block_q: int, block_k: int) -> str:
+  return f"{block_q}x{block_k}"
+
+
+def lookup(prepared: dict[str, Plan], block_q: int, block_k: int) -> Plan:
+  """The plan for these block sizes from a `plans` dict; a clear error when absent."""
+  try:
+    return prepared[key(block_q, block_k)]
+  except KeyError:
+    raise ValueError(
+        f"No attention plan for {key(block_q, block_k)} blocks (prepared: {sorted(prepared)}): "
+        "prepare with the same kernel options as the attention call.") from None
+
+
 def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 

@@ -24,19 +24,36 @@ class _Static:
   scale: float
 
 
+def _geometry(lq: int, lk: int, block_q: int, block_k: int):
+  """Block sizes clamped to the lengths, and the lengths padded to them: (bq, bk, lq_p, lk_p)."""
+  bq, bk = min(block_q, lq), min(block_k, lk)
+  return bq, bk, block_mask.round_up(lq, bq), block_mask.round_up(lk, bk)
+
+
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int | None = None, block_q: int = 256,
+            block_k: int = 256) -> dict[str, block_mask.Plan]:
+  """The visit lists `attention` with the same options needs (block_mask.plans)."""
+  del head_dim  # the same tiles for every head size
+  bq, bk, lq_p, lk_p = _geometry(q_ids.segment.shape[1], k_ids.segment.shape[1], block_q,
+                                 block_k)
+  return block_mask.plans(q_ids, k_ids, lq_p, lk_p, [(bq, bk)])
+
+
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_q: int = 256,
-              block_k: int = 256):
+              block_k: int = 256, *, prepared=None):
   """Masked attention from the compact ids.
 
   Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
-    block sizes along queries / keys (clamped to the lengths; lengths are padded internally).
+    block sizes along queries / keys (clamped to the lengths; lengths are padded internally);
+    prepared: `prepare`'s result for these ids and options (None: built here).
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   lq, lk = q.shape[1], k.shape[1]
-  bq, bk = min(block_q, lq), min(block_k, lk)
-  lq_p, lk_p = block_mask.round_up(lq, bq), block_mask.round_up(lk, bk)
+  bq, bk, lq_p, lk_p = _geometry(lq, lk, block_q, block_k)
+  if prepared is None:
+    prepared = prepare(q_ids, k_ids, q.shape[-1], block_q, block_k)
+  plan = block_mask.lookup(prepared, bq, bk)
   q_ids, k_ids = block_mask.pad(q_ids, lq_p), block_mask.pad(k_ids, lk_p)
-  plan = block_mask.plan(q_ids, k_ids, bq, bk)
   static = _Static(bq, bk, q.shape[-1] ** -0.5)
   out = _attend(static, block_mask.pad_length(q, lq_p), block_mask.pad_length(k, lk_p),
                 block_mask.pad_length(v, lk_p), q_ids, k_ids, plan)

@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mma_jax.kernels import block_mask
+
 # Running-max start and masked-logit value: finite, so no inf - inf ever happens.
 NEG = -1e30
 
@@ -33,6 +35,10 @@ class BlockSizes:
       return min(block, max(minimum, 1 << (n - 1).bit_length()))
     return BlockSizes(fit(self.block_q, lq), fit(self.block_k, lk),
                       fit(self.block_q_bwd, lq), fit(self.block_k_bwd, lk))
+
+  def pairs(self) -> list[tuple[int, int]]:
+    """(query, key) tiles of the forward and of the backward: the plans a kernel needs."""
+    return [(self.block_q, self.block_k), (self.block_q_bwd, self.block_k_bwd)]
 
   def padded(self, lq: int, lk: int) -> tuple[int, int]:
     """Lengths padded to multiples of every tile on their side."""
@@ -92,3 +98,13 @@ def custom_vjp(forward, backward):
 
   attend.defvjp(attend_fwd, backward)
   return attend
+
+
+def prepare(geometry, q_ids, k_ids, head_dim: int, block_sizes: BlockSizes | None,
+            interpret) -> dict:
+  """The plans (block_mask.plans) of a Pallas kernel whose geometry(lq, lk, head_dim,
+  block_sizes, interpret) -> (blocks, lq_padded, lk_padded): forward and backward tiles."""
+  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+  blocks, lq_p, lk_p = geometry(q_ids.segment.shape[1], k_ids.segment.shape[1], head_dim,
+                                block_sizes, interpret)
+  return block_mask.plans(q_ids, k_ids, lq_p, lk_p, blocks.pairs())

@@ -75,24 +75,8 @@ class _Static:
   interpret: Any
 
 
-def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes | None = None,
-              interpret: Any = None, heads_per_cta: int | None = None,
-              num_stages: int = 2):
-  """Masked attention from the compact ids.
-
-  Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
-    block_sizes: block_q and block_q_bwd must be 64, block_k / block_k_bwd multiples of 64
-    up to 256 (None: default_blocks(D)); interpret: bool or plgpu.InterpretGPUParams (None:
-    True when the default backend is the CPU); heads_per_cta: query heads (warpgroups) per
-    CTA, dividing H // K (None: 2 when it can, else 1; 1 when interpreting); num_stages: key
-    tiles in flight. dk/dv CTAs run block_k_bwd // 64 warpgroups.
-  Returns: f[B, Lq, H, D] in q's dtype; rows that may attend nothing are zero.
-  """
-  b, lq, h, d = q.shape
-  lk, kv_heads = k.shape[1], k.shape[2]
-  if h % kv_heads:
-    raise ValueError(f"{h} query heads are not a multiple of {kv_heads} kv heads")
-  r = h // kv_heads
+def _geometry(lq: int, lk: int, d: int, block_sizes: BlockSizes | None, interpret):
+  """Checked tiles and the padded lengths: (blocks, lq_p, lk_p)."""
   blocks = block_sizes or default_blocks(d)
   if blocks.block_q != ROWS or blocks.block_q_bwd != ROWS:
     raise ValueError(f"Mosaic GPU attention: query blocks must be {ROWS} (one warpgroup), "
@@ -100,27 +84,59 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
   for bk in (blocks.block_k, blocks.block_k_bwd):
     if bk % ROWS or not ROWS <= bk <= 256:
       raise ValueError(f"Mosaic GPU attention: key blocks must be 64, 128, 192 or 256, got {bk}")
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
   if interpret and block_sizes is None:
     # GPU interpret mode runs each warpgroup as a thread, and a warpgroup waiting for another
     # holds one of XLA's CPU pool threads (NPROC of them): with 2 cores, two warpgroups can
     # starve each other. One warpgroup per CTA by default there; explicit settings still run.
     blocks = dataclasses.replace(blocks, block_k_bwd=ROWS)
+  return (blocks, block_mask.round_up(lq, ROWS),
+          block_mask.round_up(lk, max(blocks.block_k, blocks.block_k_bwd)))
+
+
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int,
+            block_sizes: BlockSizes | None = None, interpret: Any = None):
+  """The visit lists `attention` with the same options needs (block_mask.plans)."""
+  return flash.prepare(_geometry, q_ids, k_ids, head_dim, block_sizes, interpret)
+
+
+def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes | None = None,
+              interpret: Any = None, heads_per_cta: int | None = None,
+              num_stages: int = 2, *, prepared=None):
+  """Masked attention from the compact ids.
+
+  Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
+    block_sizes: block_q and block_q_bwd must be 64, block_k / block_k_bwd multiples of 64
+    up to 256 (None: default_blocks(D)); interpret: bool or plgpu.InterpretGPUParams (None:
+    True when the default backend is the CPU); heads_per_cta: query heads (warpgroups) per
+    CTA, dividing H // K (None: 2 when it can, else 1; 1 when interpreting); num_stages: key
+    tiles in flight; prepared: `prepare`'s result for these ids and options (None: built
+    here). dk/dv CTAs run block_k_bwd // 64 warpgroups.
+  Returns: f[B, Lq, H, D] in q's dtype; rows that may attend nothing are zero.
+  """
+  b, lq, h, d = q.shape
+  lk, kv_heads = k.shape[1], k.shape[2]
+  if h % kv_heads:
+    raise ValueError(f"{h} query heads are not a multiple of {kv_heads} kv heads")
+  r = h // kv_heads
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  blocks, lq_p, lk_p = _geometry(lq, lk, d, block_sizes, interpret)
+  if prepared is None:
+    prepared = prepare(q_ids, k_ids, d, block_sizes, interpret)
+  plans = (block_mask.lookup(prepared, ROWS, blocks.block_k),
+           block_mask.lookup(prepared, ROWS, blocks.block_k_bwd))
   w = heads_per_cta or (2 if r % 2 == 0 and not interpret else 1)
   if r % w:
     raise ValueError(f"heads_per_cta={w} must divide the {r} query heads per kv head")
   dtype = q.dtype
   compute = dtype if dtype in (jnp.bfloat16, jnp.float16) else jnp.bfloat16
-  lq_p = block_mask.round_up(lq, ROWS)
-  lk_p = block_mask.round_up(lk, max(blocks.block_k, blocks.block_k_bwd))
   d_p = block_mask.round_up(d, 64)
   pad = lambda x, length: jnp.pad(x.astype(compute), [(0, 0), (0, length - x.shape[1]), (0, 0),
                                                       (0, d_p - d)])
   st = _Static(blocks.block_k, blocks.block_k_bwd, w, num_stages, d ** -0.5,
                _interpret_params(interpret))
   q_ids, k_ids = block_mask.pad(q_ids, lq_p), block_mask.pad(k_ids, lk_p)
-  out = _attend(st, pad(q, lq_p), pad(k, lk_p), pad(v, lk_p), q_ids, k_ids)
+  out = _attend(st, pad(q, lq_p), pad(k, lk_p), pad(v, lk_p), q_ids, k_ids, plans)
   return out[:, :lq, :, :d].astype(dtype)
 
 
@@ -277,12 +293,12 @@ def _query_block(st: _Static, w: int, r: int, bk: int, lists_ref, k_ref, v_ref, 
   return bb, wg, hg * w + wg, pl.ds(pl.multiple_of(i * ROWS, ROWS), ROWS), stream
 
 
-def _forward(st: _Static, q, k, v, q_ids, k_ids):
-  """-> out f[B, Lq, H, D], lse f32[B, H, Lq]."""
+def _forward(st: _Static, q, k, v, q_ids, k_ids, plans):
+  """plans: (forward, backward) block_mask.Plan -> out f[B, Lq, H, D], lse f32[B, H, Lq]."""
   b, lq, h, d = q.shape
   r = h // k.shape[2]
   w, bk = st.heads_per_cta, st.block_k
-  lists = block_mask.plan(q_ids, k_ids, ROWS, bk).kv
+  lists = plans[0].kv
   qf, kf = _fields(q_ids), _fields(k_ids)
   nf = qf.shape[1]
 
@@ -342,12 +358,12 @@ def _forward(st: _Static, q, k, v, q_ids, k_ids):
 
 
 def _backward(st: _Static, res, dout):
-  q, k, v, q_ids, k_ids, out, lse = res
+  q, k, v, q_ids, k_ids, plans, out, lse = res
   b, lq, h, d = q.shape
   lk, kv_heads = k.shape[1], k.shape[2]
   r = h // kv_heads
   w, bk = st.heads_per_cta, st.block_k_bwd
-  plan = block_mask.plan(q_ids, k_ids, ROWS, bk)
+  plan = plans[1]
   delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), dout.astype(jnp.float32))
   qf, kf = _fields(q_ids), _fields(k_ids)
   nf = qf.shape[1]
@@ -484,7 +500,7 @@ def _backward(st: _Static, res, dout):
   dk, dv = _kernel_call(
       st, dkv_kernel, [jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2, scratch, grid,
       "mma_mosaic_dkv")(plan.q, q, k, v, dout, lse, delta, qf, kf)
-  return dq, dk, dv, None, None
+  return dq, dk, dv, None, None, None
 
 
 _attend = flash.custom_vjp(_forward, _backward)

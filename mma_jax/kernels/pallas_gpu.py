@@ -57,13 +57,28 @@ class _Static:
   num_stages: int
 
 
+def _geometry(lq: int, lk: int, d: int, block_sizes: BlockSizes | None, interpret: bool):
+  """Tiles fitted to the lengths and the padded lengths: (blocks, lq_p, lk_p)."""
+  # Triton's dot needs tiles of at least 16.
+  blocks = (block_sizes or default_blocks(d)).fit(lq, lk, minimum=1 if interpret else 16)
+  return (blocks, *blocks.padded(lq, lk))
+
+
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int,
+            block_sizes: BlockSizes | None = None, interpret: bool | None = None):
+  """The visit lists `attention` with the same options needs (block_mask.plans)."""
+  return flash.prepare(_geometry, q_ids, k_ids, head_dim, block_sizes, interpret)
+
+
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes | None = None,
-              interpret: bool | None = None, num_warps: int | None = None, num_stages: int = 2):
+              interpret: bool | None = None, num_warps: int | None = None, num_stages: int = 2,
+              *, prepared=None):
   """Masked attention from the compact ids.
 
   Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
     block_sizes (None: default_blocks(D)); interpret (None: True when the default backend
-    is the CPU); num_warps / num_stages: Triton launch settings.
+    is the CPU); num_warps / num_stages: Triton launch settings; prepared: `prepare`'s
+    result for these ids and options (None: built here).
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   if not AVAILABLE:
@@ -72,16 +87,18 @@ def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   lq, lk = q.shape[1], k.shape[1]
-  # Triton's dot needs tiles of at least 16.
-  blocks = (block_sizes or default_blocks(d)).fit(lq, lk, minimum=1 if interpret else 16)
-  lq_p, lk_p = blocks.padded(lq, lk)
+  blocks, lq_p, lk_p = _geometry(lq, lk, d, block_sizes, interpret)
+  if prepared is None:
+    prepared = prepare(q_ids, k_ids, d, block_sizes, interpret)
+  plans = (block_mask.lookup(prepared, blocks.block_q, blocks.block_k),
+           block_mask.lookup(prepared, blocks.block_q_bwd, blocks.block_k_bwd))
   d_p = pl.next_power_of_2(d)
   pad = lambda x, length: jnp.pad(x, [(0, 0), (0, length - x.shape[1]), (0, 0),
                                       (0, d_p - d)])
   static = _Static(blocks, d ** -0.5, q_ids.group.shape[1], interpret,
                    num_warps or (4 if d_p <= 64 else 8), num_stages)
   q_ids, k_ids = block_mask.pad(q_ids, lq_p), block_mask.pad(k_ids, lk_p)
-  out = _attend(static, pad(q, lq_p), pad(k, lk_p), pad(v, lk_p), q_ids, k_ids)
+  out = _attend(static, pad(q, lq_p), pad(k, lk_p), pad(v, lk_p), q_ids, k_ids, plans)
   return out[:, :lq, :, :d]
 
 
@@ -133,12 +150,12 @@ def _fwd_kernel(lists_ref, q_ref, k_ref, v_ref, *refs, st: _Static, bk: int):
   lse_ref[...] = lse
 
 
-def _forward(st: _Static, q, k, v, q_ids, k_ids):
-  """-> out f[B, Lq, H, D], lse f32[B, H, Lq]."""
+def _forward(st: _Static, q, k, v, q_ids, k_ids, plans):
+  """plans: (forward, backward) block_mask.Plan -> out f[B, Lq, H, D], lse f32[B, H, Lq]."""
   b, lq, h, d = q.shape
   lk, r = k.shape[1], h // k.shape[2]
   bq, bk = st.blocks.block_q, st.blocks.block_k
-  plan = block_mask.plan(q_ids, k_ids, bq, bk)
+  plan = plans[0]
   n = 2 + st.groups
   qspec = pl.BlockSpec((None, bq, None, d), lambda i, bb, hh: (bb, i, hh, 0))
   kspec = pl.BlockSpec((None, lk, None, d), lambda i, bb, hh: (bb, 0, hh // r, 0))
@@ -206,12 +223,12 @@ def _dot_t(a, b):
 
 
 def _backward(st: _Static, res, dout):
-  q, k, v, q_ids, k_ids, out, lse = res
+  q, k, v, q_ids, k_ids, plans, out, lse = res
   b, lq, h, d = q.shape
   lk, kv_heads = k.shape[1], k.shape[2]
   r = h // kv_heads
   bq, bk = st.blocks.block_q_bwd, st.blocks.block_k_bwd
-  plan = block_mask.plan(q_ids, k_ids, bq, bk)
+  plan = plans[1]
   delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), dout.astype(jnp.float32))
   n = 2 + st.groups
   params = plgpu.CompilerParams(num_warps=st.num_warps, num_stages=st.num_stages)
@@ -248,7 +265,7 @@ def _backward(st: _Static, res, dout):
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=params, interpret=st.interpret, name="mma_flash_dkv",
   )(plan.q, grouped(q), k, v, grouped(dout), by_kv(lse), by_kv(delta), *ids)
-  return dq, dk, dv, None, None
+  return dq, dk, dv, None, None, None
 
 
 _attend = flash.custom_vjp(_forward, _backward)

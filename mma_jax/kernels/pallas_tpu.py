@@ -55,27 +55,42 @@ class _Static:
   interpret: bool
 
 
+def _geometry(lq: int, lk: int, d: int, block_sizes: BlockSizes | None, interpret: bool):
+  """Tiles fitted to the lengths and the padded lengths: (blocks, lq_p, lk_p)."""
+  blocks = (block_sizes or default_blocks(d)).fit(lq, lk, minimum=1 if interpret else LANES)
+  return (blocks, *blocks.padded(lq, lk))
+
+
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int,
+            block_sizes: BlockSizes | None = None, interpret: bool | None = None):
+  """The visit lists `attention` with the same options needs (block_mask.plans)."""
+  return flash.prepare(_geometry, q_ids, k_ids, head_dim, block_sizes, interpret)
+
+
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, block_sizes: BlockSizes | None = None,
-              interpret: bool | None = None):
+              interpret: bool | None = None, *, prepared=None):
   """Masked attention from the compact ids.
 
   Args: q f[B, Lq, H, D]; k, v f[B, Lk, K, D] (H a multiple of K); ids over Lq / Lk tokens;
     block_sizes (None: default_blocks(D)); interpret (None: True when the default backend is
-    the CPU).
+    the CPU); prepared: `prepare`'s result for these ids and options (None: built here).
   Returns: f[B, Lq, H, D]; rows that may attend nothing are zero.
   """
   d = q.shape[-1]
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   lq, lk = q.shape[1], k.shape[1]
-  blocks = (block_sizes or default_blocks(d)).fit(lq, lk, minimum=1 if interpret else LANES)
-  lq_p, lk_p = blocks.padded(lq, lk)
+  blocks, lq_p, lk_p = _geometry(lq, lk, d, block_sizes, interpret)
+  if prepared is None:
+    prepared = prepare(q_ids, k_ids, d, block_sizes, interpret)
+  plans = (block_mask.lookup(prepared, blocks.block_q, blocks.block_k),
+           block_mask.lookup(prepared, blocks.block_q_bwd, blocks.block_k_bwd))
   d_p = d if interpret else block_mask.round_up(d, LANES)
   heads_first = lambda x, length: jnp.pad(
       x, [(0, 0), (0, length - x.shape[1]), (0, 0), (0, d_p - d)]).transpose(0, 2, 1, 3)
   static = _Static(blocks, d ** -0.5, q_ids.group.shape[1], interpret)
   out = _attend(static, heads_first(q, lq_p), heads_first(k, lk_p), heads_first(v, lk_p),
-                block_mask.pad(q_ids, lq_p), block_mask.pad(k_ids, lk_p))
+                block_mask.pad(q_ids, lq_p), block_mask.pad(k_ids, lk_p), plans)
   return out.transpose(0, 2, 1, 3)[:, :lq, :, :d]
 
 
@@ -245,11 +260,12 @@ def _query_major_specs(st: _Static, bq: int, bk: int, d: int, heads_per_kv: int,
           pl.BlockSpec((None, 1, bq), lambda hh, i, j, bb, ls: (hh, 0, i)))
 
 
-def _forward(st: _Static, q, k, v, q_ids, k_ids):
-  """q [B, H, Lq, D], k, v [B, K, Lk, D] -> out [B, H, Lq, D], lse f32[B, H, 1, Lq]."""
+def _forward(st: _Static, q, k, v, q_ids, k_ids, plans):
+  """q [B, H, Lq, D], k, v [B, K, Lk, D]; plans: (forward, backward) block_mask.Plan
+  -> out [B, H, Lq, D], lse f32[B, H, 1, Lq]."""
   b, h, lq, d = q.shape
   bq, bk = st.blocks.block_q, st.blocks.block_k
-  lists, width = smem_lists(block_mask.plan(q_ids, k_ids, bq, bk).kv)
+  lists, width = smem_lists(plans[0].kv)
   q_spec, kv_spec, ids_specs, out_spec, lse_spec = _query_major_specs(
       st, bq, bk, d, h // k.shape[1], width)
 
@@ -323,12 +339,12 @@ def _dkv_kernel(batch_ref, lists_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delt
 
 
 def _backward(st: _Static, res, dout):
-  q, k, v, q_ids, k_ids, out, lse = res
+  q, k, v, q_ids, k_ids, plans, out, lse = res
   b, h, lq, d = q.shape
   kv_heads, lk = k.shape[1], k.shape[2]
   r = h // kv_heads
   bq, bk = st.blocks.block_q_bwd, st.blocks.block_k_bwd
-  plan = block_mask.plan(q_ids, k_ids, bq, bk)
+  plan = plans[1]
   delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)[:, :, None]
   q_fields, k_fields = block_mask.fields(q_ids), block_mask.fields(k_ids)
   n = 2 + st.groups
@@ -374,7 +390,7 @@ def _backward(st: _Static, res, dout):
         *_columns(k_fields), *_rows(q_fields))
 
   dk, dv = _per_example(b, dkv_one, (lists, lse, delta, q_fields, k_fields))
-  return dq, dk, dv, None, None
+  return dq, dk, dv, None, None, None
 
 
 _attend = flash.custom_vjp(_forward, _backward)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,16 +48,29 @@ def installed() -> bool:
   return importlib.util.find_spec("tokamax") is not None
 
 
-def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
-  """The key order in which every query row's allowed keys are one range.
+class Layout(NamedTuple):
+  """A key order in which every query row's allowed keys are one range (`interval_layout`).
+
+  perm:    i32[B, L]  perm[b, p] = the token at slot p of the new order.
+  slot:    i32[B, L]  its inverse: the slot of token t in the new order.
+  k_start, k_end: i32[B, L]  when exact, row p of the permuted mask allows exactly the keys
+           k_start[b, p] <= r < k_end[b, p].
+  exact:   bool[]     False for a layout or kind whose rows are not ranges in this order
+           (mma_conversation across turns: the answers between the questions are not open
+           to the image), found by counting each row's allowed keys.
+  """
+  perm: jax.Array
+  slot: jax.Array
+  k_start: jax.Array
+  k_end: jax.Array
+  exact: jax.Array
+
+
+def interval_layout(q_ids: TokenIds, k_ids: TokenIds) -> Layout:
+  """The key order in which every query row's allowed keys are one range (see Layout).
 
   Args: ids of the same tokens on both sides (self-attention over packed rows, one group
     channel); segments contiguous, as packing makes them.
-  Returns: (perm, k_start, k_end, exact): perm, k_start, k_end i32[B, L], perm[b, p] = the
-    token at slot p of the new order; when exact (bool[]), row p of the permuted mask allows
-    exactly the keys k_start[b, p] <= r < k_end[b, p]. Not exact: a layout or kind whose rows
-    are not ranges in this order (mma_conversation across turns: the answers between the
-    questions are not open to the image), found by counting each row's allowed keys.
   """
   if q_ids.group.shape[1] != 1:
     raise NotImplementedError(
@@ -112,7 +126,7 @@ def interval_layout(q_ids: TokenIds, k_ids: TokenIds):
   exact = jnp.all(padding | (k_end - k_start == allowed))
   k_start = jnp.where(padding, slot, k_start)
   k_end = jnp.where(padding, slot + 1, k_end)
-  return perm, at(k_start, perm), at(k_end, perm), exact
+  return Layout(perm, slot, at(k_start, perm), at(k_end, perm), exact)
 
 
 def range_mask(k_start, k_end, length: int):
@@ -174,34 +188,51 @@ def tokamax_kernel(q, k, v, k_start, k_end, scale: float, implementation: str = 
   return kernel(q, k, v, mask=mask, logits_scale=scale)
 
 
+def prepare(q_ids: TokenIds, k_ids: TokenIds, head_dim: int | None = None, fallback=None):
+  """What `attention` needs, built once per model call: {"layout": interval_layout} for
+  self-attention over whole rows, and {"fallback": fallback(q_ids, k_ids, head_dim)}, the
+  fallback implementation's own preparation, when one is given."""
+  prepared = {}
+  if q_ids.segment.shape[1] == k_ids.segment.shape[1]:
+    prepared["layout"] = interval_layout(q_ids, k_ids)
+  if fallback is not None:
+    prepared["fallback"] = fallback(q_ids, k_ids, head_dim)
+  return prepared
+
+
 def attention(q, k, v, q_ids: TokenIds, k_ids: TokenIds, implementation: str = MOSAIC_GPU,
-              fallback=None):
+              fallback=None, *, prepared=None):
   """Masked self-attention from the compact ids, on tokamax's `implementation`: a registry
   key ("mosaic_gpu" on a GPU; "xla", its reference path, runs anywhere), or a function with
   tokamax_kernel's (q, k, v, k_start, k_end, scale) signature (tests without tokamax).
 
   Args: q f[B, L, H, D]; k, v f[B, L, K, D]; ids over the same L tokens; fallback(q, k, v,
-    q_ids, k_ids): what runs instead when the mask is not ranges in the new order (only that
-    branch runs, lax.cond), and for a decode step (a query chunk against a longer KV cache);
-    None = none needed (the caller knows the layout is exact).
+    q_ids, k_ids, prepared=...): what runs instead when the mask is not ranges in the new
+    order (only that branch runs, lax.cond), and for a decode step (a query chunk against a
+    longer KV cache); None = none needed (the caller knows the layout is exact); prepared:
+    `prepare`'s result for these ids (None: built here).
   Returns: f[B, L, H, D]; padding rows are zero.
   """
+  if prepared is None:
+    prepared = prepare(q_ids, k_ids)
+  run_fallback = lambda q, k, v: fallback(q, k, v, q_ids, k_ids,
+                                          prepared=prepared.get("fallback")).astype(q.dtype)
   if q.shape[1] != k.shape[1]:  # a decode step: not one packed row
     if fallback is None:
       raise ValueError("tokamax attention is self-attention over whole rows; a query chunk "
                        "against a KV cache needs a fallback implementation.")
-    return fallback(q, k, v, q_ids, k_ids)
-  perm, k_start, k_end, exact = interval_layout(q_ids, k_ids)
+    return run_fallback(q, k, v)
+  layout = prepared["layout"]
 
   def ranged(q, k, v):
-    gather = lambda x: jnp.take_along_axis(x, perm[:, :, None, None], axis=1)
+    gather = lambda x, order: jnp.take_along_axis(x, order[:, :, None, None], axis=1)
     kernel = (functools.partial(tokamax_kernel, implementation=implementation)
               if isinstance(implementation, str) else implementation)
-    out = kernel(gather(q), gather(k), gather(v), k_start, k_end, q.shape[-1] ** -0.5)
-    out = jnp.take_along_axis(out, jnp.argsort(perm, axis=1)[:, :, None, None], axis=1)
+    out = kernel(gather(q, layout.perm), gather(k, layout.perm), gather(v, layout.perm),
+                 layout.k_start, layout.k_end, q.shape[-1] ** -0.5)
+    out = gather(out, layout.slot)
     return jnp.where((q_ids.segment != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
   if fallback is None:
     return ranged(q, k, v)
-  return jax.lax.cond(exact, ranged,
-                      lambda q, k, v: fallback(q, k, v, q_ids, k_ids).astype(q.dtype), q, k, v)
+  return jax.lax.cond(layout.exact, ranged, run_fallback, q, k, v)

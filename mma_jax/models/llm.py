@@ -39,8 +39,9 @@ class DecoderLayer(nn.Module):
   cfg: LLMConfig
 
   @nn.compact
-  def __call__(self, x, kv, sin_cos, q_ids, k_ids, cache_index):
-    """x: f[B, L, E]; kv: None or this layer's (k, v) f[B, S, K, D] cache.
+  def __call__(self, x, kv, sin_cos, q_ids, k_ids, prepared, cache_index):
+    """x: f[B, L, E]; kv: None or this layer's (k, v) f[B, S, K, D] cache; prepared: what
+    attn_lib.prepare built for the ids, shared by every layer.
 
     Returns (x, new kv or None).
     """
@@ -60,7 +61,7 @@ class DecoderLayer(nn.Module):
       kv = (jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at),
             jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at))
       k, v = kv
-    out = attn_lib.attention(q, k, v, q_ids, k_ids, implementation=cfg.attention)
+    out = attn_lib.attention(q, k, v, q_ids, k_ids, cfg.attention, prepared)
     out = layers.constrain(out, ("batch", "length", "heads", "head_dim"))
     out = layers.dense(cfg.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=dtype,
                        name="o", lora=cfg.lora)(out)
@@ -86,7 +87,8 @@ class LLM(nn.Module):
         embedding_init=layers.param_init(nn.initializers.normal(0.02), ("vocab", "embed")))
     self.layers = layers.scanned(
         DecoderLayer, cfg.layers, cfg.remat,
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))(cfg, name="layers")
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))(
+            cfg, name="layers")
     self.final_norm = layers.RMSNorm(cfg.rms_eps, layers.dtype_of(cfg.dtype))
     if not cfg.tie_embeddings:
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=cfg.lm_head_bias,
@@ -117,6 +119,8 @@ class LLM(nn.Module):
     x = layers.constrain(x, ("batch", "length", "embed"))
     sc = rope.sin_cos(positions, cfg.rope, cfg.head_dim)
     kv = None if cache is None else (cache.k, cache.v)
-    x, kv = self.layers(x, kv, sc, q_ids, k_ids, cache_index)
+    # The mask's derived data (block plans, sorted once) is built here, not once per layer.
+    prepared = attn_lib.prepare(q_ids, k_ids, cfg.head_dim, cfg.attention)
+    x, kv = self.layers(x, kv, sc, q_ids, k_ids, prepared, cache_index)
     x = self.final_norm(x)
     return (self.head(x) if logits else x), kv

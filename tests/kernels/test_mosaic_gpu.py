@@ -64,12 +64,18 @@ def _ids(rows, kind, start=0):
 def _value_and_grads(name, **kw):
   """jitted (q, k, v, q_ids, k_ids, dout) -> (out, dq, dk, dv); the kernel with its interpret
   defaults (one warpgroup per CTA) unless kw says otherwise."""
-  fn = attention._dense if name == "xla" else functools.partial(mosaic_gpu.attention,
-                                                                 **{"interpret": True, **kw})
+  kw = {"interpret": True, **kw}
+  if name == "xla":
+    fn, prepare = attention._dense, attention._dense_mask
+  else:  # as the model calls it: the plans prepared once, outside the differentiated call
+    fn = functools.partial(mosaic_gpu.attention, **kw)
+    prepare = functools.partial(mosaic_gpu.prepare, **{k: kw[k] for k in kw if k in (
+        "block_sizes", "interpret")})
 
   @jax.jit
   def run(q, k, v, q_ids, k_ids, dout):
-    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, q_ids, k_ids), q, k, v)
+    prepared = prepare(q_ids, k_ids, q.shape[-1])
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, q_ids, k_ids, prepared=prepared), q, k, v)
     return (out,) + vjp(dout.astype(out.dtype))
 
   return run

@@ -29,7 +29,9 @@ def test_every_row_is_one_key_range_in_the_new_order(row, kind):
   seg, mod, role, turn = row
   mod = np.minimum(mod, 1)  # text + one other modality: one group channel
   args, (q_ids, k_ids) = _ids(seg, mod, role, turn, kind)
-  perm, k_start, k_end, exact = tokamax_gpu.interval_layout(q_ids, k_ids)
+  layout = tokamax_gpu.interval_layout(q_ids, k_ids)
+  perm, k_start, k_end, exact = layout.perm, layout.k_start, layout.k_end, layout.exact
+  np.testing.assert_array_equal(np.argsort(np.asarray(perm), axis=1), layout.slot)
   perm, k_start, k_end = (np.asarray(x)[0] for x in (perm, k_start, k_end))
   assert sorted(perm.tolist()) == list(range(len(seg)))  # a permutation
   dense = np.asarray(masks.dense_mask(*args, kind))[0][perm][:, perm]
@@ -72,14 +74,17 @@ def test_attention_and_gradients_equal_the_dense_path(kind, kernel):
     out = fn(q, k, val)
     return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
 
+  # As the model calls it: key order and the fallback's plans prepared once, outside.
+  prepared = tokamax_gpu.prepare(q_ids, k_ids, 8, fallback=attention.blockwise.prepare)
   ours = lambda q, k, val: tokamax_gpu.attention(q, k, val, q_ids, k_ids, kernel,
-                                                 fallback=attention.blockwise.attention)
+                                                 fallback=attention.blockwise.attention,
+                                                 prepared=prepared)
   dense = lambda q, k, val: attention.attention(q, k, val, q_ids, k_ids, "xla")
   (_, out), grads = jax.value_and_grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2),
                                        has_aux=True)(q, k, val)
   (_, want), want_grads = jax.value_and_grad(lambda *a: loss(dense, *a), argnums=(0, 1, 2),
                                              has_aux=True)(q, k, val)
-  exact = tokamax_gpu.interval_layout(q_ids, k_ids)[-1]
+  exact = tokamax_gpu.interval_layout(q_ids, k_ids).exact
   assert bool(exact) == (kind != "mma_conversation")  # its images see turn 1's question
   np.testing.assert_allclose(out, want, atol=1e-5)
   for g, w in zip(grads, want_grads):

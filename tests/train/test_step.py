@@ -153,3 +153,49 @@ def test_train_step_reports_the_images_it_holds(params):
   step = jax.jit(step_lib.make_train_step(model, opt, "mma", 1, trainable))
   _, metrics = step(step_lib.TrainState(jnp.int32(0), params, opt.init(params)), batch)
   assert int(metrics["images"]) == 4  # two rows of two images; the third slots are empty
+
+
+def _sorts(jaxpr, in_loop=False, counts=None):
+  """{False: sorts outside any loop, True: sorts inside scan / while bodies} of a jaxpr."""
+  counts = {False: 0, True: 0} if counts is None else counts
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "sort":
+      counts[in_loop] += 1
+    looped = in_loop or eqn.primitive.name in ("scan", "while")
+    for sub in _subjaxprs(eqn):
+      _sorts(sub, looped, counts)
+  return counts
+
+
+def _subjaxprs(eqn):
+  """The jaxprs in an equation's params (scan, while, cond, pjit, custom_vjp, remat...)."""
+  for v in eqn.params.values():
+    for x in v if isinstance(v, (tuple, list)) else (v,):
+      x = getattr(x, "jaxpr", x)  # a closed jaxpr's open one
+      if hasattr(x, "eqns"):
+        yield x
+
+
+# Not mosaic_gpu: its GPU interpret mode does not trace inside flax's nn.scan on the CPU
+# (flax: "broadcasted variable has a data dependency on the scan body"; it runs in the model
+# on a GPU); tests/kernels/test_mosaic_gpu.py checks its prepared path. tokamax needs a GPU.
+@pytest.mark.parametrize("impl", ["blockwise", "pallas_gpu", "pallas_tpu"])
+def test_the_attention_plan_is_sorted_once_per_call_not_per_layer(impl):
+  """The plan's sorts (argsort of the live blocks) sit outside the layers' scan, in the
+  forward (eval, prefill) and in the train step with rematerialised layers: as many as one
+  attention.prepare has. Before (each layer planning for itself, blockwise, 3 layers, remat
+  full), both had 2 sorts inside the scan bodies, run once per layer."""
+  from mma_jax import attention, tokens
+  if attention.unavailable(impl, "cpu"):  # a JAX without Pallas's Triton backend
+    pytest.skip(attention.unavailable(impl, "cpu"))
+  batch = _batch()
+  model = _model(attention=impl, layers=3, remat="full")
+  params = jax.eval_shape(lambda key: model.init(key, batch, "mma"), jax.random.key(0))["params"]
+  ids = attention.token_ids(*(jnp.asarray(batch[k]) for k in
+                              ("segment_ids", "modality", "role", "turn")), "mma")
+  one_prepare = _sorts(jax.make_jaxpr(lambda: attention.prepare(*ids, 16, impl))().jaxpr)[False]
+  assert one_prepare >= 1
+  forward = lambda p: model.apply({"params": p}, tokens.model_inputs(batch), "mma")[0]
+  train = jax.value_and_grad(lambda p: step_lib.model_loss(model, p, batch, "mma"), has_aux=True)
+  for fn in (forward, train):
+    assert _sorts(jax.make_jaxpr(fn)(params).jaxpr) == {False: one_prepare, True: 0}
