@@ -82,10 +82,12 @@ def add_image_tokens(tok: tokenizers.Tokenizer, template: templates.Template) ->
   return missing
 
 
-def shapes_tokenizer(difficulty: str = "easy") -> Tokenizer:
+def shapes_tokenizer(difficulty: str = "easy", grid: int | None = None) -> Tokenizer:
   """Word-level tokenizer over the benchmark's words; specials first (<pad> = 0). The hard
-  benchmark's has more words (a superset), so its ids are not the easy one's."""
-  words = list(SPECIALS) + [w for w in generate.vocabulary(difficulty) if w not in SPECIALS]
+  benchmark's has more words (a superset), so its ids are not the easy one's; a hard grid past
+  4 x 4 (config.data.grid) adds its row and column names."""
+  words = list(SPECIALS) + [w for w in generate.vocabulary(difficulty, grid)
+                            if w not in SPECIALS]
   tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
                                               unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -11,17 +11,37 @@ from mma_jax import logs
 from mma_jax.data.shapes import generate
 
 
+def dials_tag(dials: generate.Dials) -> str:
+  """What a config name adds for the hard benchmark's dials that are not the defaults: '' at the
+  defaults, else e.g. '_o3-8_g5_d0.5_q0146' (objects, grid, distractor share, question types
+  by their index in HARD_QUESTION_TYPES)."""
+  default, parts = generate.Dials(), []
+  if (dials.objects_min, dials.objects_max) != (default.objects_min, default.objects_max):
+    parts.append(f"o{dials.objects_min}-{dials.objects_max}")
+  if dials.grid != default.grid:
+    parts.append(f"g{dials.grid}")
+  if dials.distractors != default.distractors:
+    parts.append(f"d{dials.distractors:g}")
+  if dials.question_types != default.question_types:
+    parts.append("q" + "".join(str(generate.HARD_QUESTION_TYPES.index(t))
+                               for t in dials.question_types))
+  return "".join(f"_{p}" for p in parts)
+
+
 class ShapesConfig(tfds.core.BuilderConfig):
-  """Sizes, generator seed and difficulty; the name encodes them so they never share files (the
-  easy benchmark keeps its original names, the hard one's start with 'hard_')."""
+  """Sizes, generator seed, difficulty and its dials; the name encodes them so they never share
+  files (the easy benchmark keeps its original names, the hard one's start with 'hard_' and
+  name only the dials that are not the defaults, so the default hard names are unchanged)."""
 
   def __init__(self, *, train_size: int, validation_size: int, test_size: int, seed: int,
-               image_size: int, difficulty: str = "easy", frames: int = 0):
+               image_size: int, difficulty: str = "easy", frames: int = 0,
+               dials: generate.Dials = generate.Dials()):
     prefix = "" if generate.check_difficulty(difficulty) == "easy" else f"{difficulty}_"
     suffix = f"_f{frames}" if frames > 1 else ""  # clips: each image a few frames
     super().__init__(
         name=f"{prefix}s{seed}_px{image_size}_n{train_size}-{validation_size}-{test_size}"
-             f"{suffix}", version=tfds.core.Version("1.0.0"))
+             f"{suffix}{dials_tag(dials)}", version=tfds.core.Version("1.0.0"))
+    self.dials = dials
     self.frames = frames
     self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
     self.seed = seed
@@ -52,7 +72,8 @@ class MmaShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split):
     cfg = self.builder_config
     for i in range(cfg.sizes[split]):
-      r = generate.make_example(cfg.seed, split, i, cfg.image_size, cfg.difficulty, cfg.frames)
+      r = generate.make_example(cfg.seed, split, i, cfg.image_size, cfg.difficulty, cfg.frames,
+                                cfg.dials)
       # a clip's frames are stored one after another in the images sequence
       images = np.concatenate(r["images"]) if cfg.frames > 1 else np.stack(r["images"])
       yield i, dict(r, images=images, conversations=json.dumps(r["conversations"]))
@@ -60,12 +81,12 @@ class MmaShapes(tfds.core.GeneratorBasedBuilder):
 
 def builder(data_dir: str, *, train_size: int, validation_size: int, test_size: int,
             seed: int = 0, image_size: int = 32, difficulty: str = "easy",
-            frames: int = 0) -> MmaShapes:
-  """The builder, prepared (ArrayRecord files written) once per data_dir, size, difficulty
-  and clip length (frames > 1: every image a clip)."""
+            frames: int = 0, dials: generate.Dials = generate.Dials()) -> MmaShapes:
+  """The builder, prepared (ArrayRecord files written) once per data_dir, size, difficulty,
+  dials and clip length (frames > 1: every image a clip)."""
   cfg = ShapesConfig(train_size=train_size, validation_size=validation_size,
                      test_size=test_size, seed=seed, image_size=image_size, difficulty=difficulty,
-                     frames=frames)
+                     frames=frames, dials=dials)
   b = MmaShapes(config=cfg, data_dir=data_dir, file_format="array_record")
   if not b.is_prepared():
     logging.info("Writing the %s shapes benchmark (%d / %d / %d train / validation / test "

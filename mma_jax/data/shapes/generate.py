@@ -11,10 +11,13 @@ difficulty="hard" (make_hard_example, below) is a harder variant with its own ty
 record ids and source ("shapes_hard"): 6-12 objects on a 4 x 4 grid with distractors, filtered
 counting, relations between named objects, attributes of named objects and POPE-like existence
 (random / popular / adversarial negatives); every answer is balanced, and neither the question
-nor the image alone says anything about it.
+nor the image alone says anything about it. Its design is a point of difficulty dials (`Dials`:
+objects per scene, grid size, share of distractors, question types; config.data.objects_min
+...), and the defaults are that committed benchmark, record for record.
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import NamedTuple
 
@@ -118,13 +121,16 @@ def clip(draw_fn, scene, size: int, frames: int) -> np.ndarray:
 
 
 def make_example(seed: int, split: str, index: int, image_size: int = 32,
-                 difficulty: str = "easy", frames: int = 0) -> dict:
+                 difficulty: str = "easy", frames: int = 0, dials: "Dials | None" = None) -> dict:
   """The record for (seed, split, index); the type cycles so every split is balanced.
 
   frames > 1: every image is a clip of that many frames (`clip`), uint8[frames, H, W, 3]; the
-  records are otherwise the same (the same scenes, questions and answers)."""
+  records are otherwise the same (the same scenes, questions and answers). dials: the hard
+  benchmark's (None = its defaults); the easy one has none."""
   if check_difficulty(difficulty) == "hard":
-    return make_hard_example(seed, split, index, image_size, frames)
+    return make_hard_example(seed, split, index, image_size, frames, dials or Dials())
+  if dials not in (None, Dials()):
+    raise ValueError(f"The easy shapes benchmark has no difficulty dials, got {dials}.")
   rng = np.random.default_rng([seed, SPLITS[split], index])
   qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
   scene = _scene(rng)
@@ -187,8 +193,10 @@ def check_difficulty(difficulty: str) -> str:
   return difficulty
 
 
-def vocabulary(difficulty: str = "easy") -> list[str]:
-  """Every word the benchmark can produce; the hard one's is a superset of the easy one's."""
+def vocabulary(difficulty: str = "easy", grid: int | None = None) -> list[str]:
+  """Every word the benchmark can produce; the hard one's is a superset of the easy one's. For
+  the hard one, at any dials with that grid (rows and columns past four add their names; the
+  default grid keeps the tokenizer the committed hard runs were trained with)."""
   words = set(TEMPLATE_WORDS) | set(SYSTEM.split()) | set(NUMBERS)
   for values in ANSWERS.values():
     words |= set(values)
@@ -199,6 +207,7 @@ def vocabulary(difficulty: str = "easy") -> list[str]:
     words |= set(HARD_TEMPLATE_WORDS) | set(HARD_COLORS) | set(HARD_SHAPES)
     words |= {f"{s}s" for s in HARD_SHAPES} | {w for r in RELATIONS for w in r.split()}
     words |= {v for values in HARD_ANSWERS.values() for v in values}
+    words |= set(line_names(grid or GRID))
   return sorted(words)
 
 
@@ -210,10 +219,13 @@ def vocabulary(difficulty: str = "easy") -> list[str]:
 # decoy drawn like it), and the question names the candidate with the drawn answer. So neither
 # the question alone nor the scene alone says anything about the answer: the image has to be read
 # for this question (tests/data/shapes/test_hard.py checks both).
-GRID = 4  # cells row-major; rows and columns are named one..four from the top left
+GRID = 4  # the default grid; cells row-major, rows and columns named one.. from the top left
+GRIDS = (4, 5, 6)  # the grids every type can be built on (count_filter plants 10 objects and
+                   # attribute_color 5 in the reference's row and column: too many for 3 x 3)
+LINE_WORDS = NUMBERS + ("five", "six")  # row and column names, up to the largest grid
 HARD_COLORS = {**COLORS, "purple": (150, 60, 200)}
 HARD_SHAPES = SHAPES + ("diamond",)
-LINE_NAMES = NUMBERS[1:GRID + 1]
+LINE_NAMES = LINE_WORDS[1:GRID + 1]
 # "left of" etc. in attribute questions, like the relation answers: in the same row (column),
 # on that side.
 RELATIONS = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
@@ -250,13 +262,84 @@ _PRIOR /= _PRIOR.sum()
 _STEP = {"left": (0, -1), "right": (0, 1), "above": (-1, 0), "below": (1, 0)}
 
 
-def _ray(cell: int, direction: str) -> list[int]:
+class Dials(NamedTuple):
+  """The hard benchmark's difficulty (config.data keys in DIAL_KEYS); the defaults are the
+  committed hard benchmark, record for record (the same random draws in the same order).
+
+  objects_min, objects_max: filler tops a scene up to n objects, n uniform in [min, max]; the
+    question's own objects come first, so a scene holds max(n, those): count_filter plants 10,
+    relation 8, attribute_color 6 plus its distractors.
+  grid: rows = columns, one of GRIDS.
+  distractors: the share of the look-alikes that attribute_color, attribute_shape and
+    exist_adversarial add on purpose that is kept (each with this probability; 1 keeps all
+    without a draw, 0 none). The other types plant no distractors.
+  question_types: the types cycled through with the index, in HARD_QUESTION_TYPES' order."""
+  objects_min: int = 6
+  objects_max: int = 12
+  grid: int = GRID
+  distractors: float = 1.0
+  question_types: tuple[str, ...] = HARD_QUESTION_TYPES
+
+
+DIAL_KEYS = {f: f"data.{f}" for f in Dials._fields}  # config.data.question_types: 'a,b' ('' = all)
+
+
+def _type_names(names: str) -> list[str]:
+  return [t.strip() for t in names.split(",") if t.strip()]
+
+
+def dials(data) -> Dials:
+  """The Dials of a config.data (keys a config saved before them lacks: the defaults); an
+  unknown question type is dropped here and reported by dial_problems."""
+  d = Dials()
+  types = _type_names(data.get("question_types", ""))
+  return Dials(int(data.get("objects_min", d.objects_min)),
+               int(data.get("objects_max", d.objects_max)), int(data.get("grid", d.grid)),
+               float(data.get("distractors", d.distractors)),
+               tuple(t for t in HARD_QUESTION_TYPES if t in types) if types else d.question_types)
+
+
+def dial_problems(data, image_size: int) -> list[tuple[str, str]]:
+  """(config key, what is wrong) for every impossible dial of config.data, whose scenes are drawn
+  at image_size pixels; [] when the dials can be built."""
+  d, out = dials(data), []
+  if check_difficulty(data.get("difficulty", "easy")) == "easy":
+    return [(DIAL_KEYS[f], "the difficulty dials are the hard benchmark's; set "
+             f"data.difficulty='hard' or leave it at {getattr(Dials(), f)!r}")
+            for f in Dials._fields if getattr(d, f) != getattr(Dials(), f)]
+  if d.grid not in GRIDS:
+    out.append(("data.grid", f"use one of {GRIDS}"))
+  elif image_size // d.grid < 8:  # below 8 px a cell the four shapes' masks look alike
+    out.append(("data.grid", f"{image_size} px images leave {image_size // d.grid} px a cell, "
+                "8 are needed: raise data.render_size (or model.vision.image_size)"))
+  if not 1 <= d.objects_min <= d.objects_max:
+    out.append(("data.objects_min", f"need 1 <= data.objects_min <= data.objects_max="
+                f"{d.objects_max}"))
+  if d.objects_max > d.grid ** 2:
+    out.append(("data.objects_max", f"at most {d.grid ** 2}, the cells of a {d.grid} x {d.grid} "
+                "grid"))
+  if not 0.0 <= d.distractors <= 1.0:
+    out.append(("data.distractors", "a share in [0, 1]"))
+  names = _type_names(data.get("question_types", ""))
+  bad = [t for t in names if t not in HARD_QUESTION_TYPES]
+  if bad or len(set(names)) != len(names) or (data.get("question_types", "") and not names):
+    out.append(("data.question_types", f"comma-separated, each once, of {HARD_QUESTION_TYPES} "
+                f"('' = all){'; unknown: ' + ', '.join(bad) if bad else ''}"))
+  return out
+
+
+def line_names(grid: int = GRID) -> tuple[str, ...]:
+  """The names of the rows (columns) of a grid, top (left) first."""
+  return LINE_WORDS[1:grid + 1]
+
+
+def _ray(cell: int, direction: str, grid: int = GRID) -> list[int]:
   """Cells in the same row (column) as cell, on that side of it."""
-  (r, c), (dr, dc) = divmod(cell, GRID), _STEP[direction]
+  (r, c), (dr, dc) = divmod(cell, grid), _STEP[direction]
   out = []
-  while 0 <= r + dr < GRID and 0 <= c + dc < GRID:
+  while 0 <= r + dr < grid and 0 <= c + dc < grid:
     r, c = r + dr, c + dc
-    out.append(r * GRID + c)
+    out.append(r * grid + c)
   return out
 
 
@@ -270,10 +353,15 @@ class _Scene:
   allowed: bool[cells, combos]; the question's constraints switch entries off so that
   distractors and filler never make the answer ambiguous (placed answer objects bypass it)."""
 
-  def __init__(self, rng):
+  def __init__(self, rng, grid: int = GRID, distractors: float = 1.0):
     self.rng = rng
+    self.grid, self.cells = grid, grid * grid
+    self.distractors = distractors
     self.objs: dict[int, int] = {}
-    self.allowed = np.ones((GRID * GRID, len(HARD_COMBOS)), bool)
+    self.allowed = np.ones((self.cells, len(HARD_COMBOS)), bool)
+
+  def ray(self, cell: int, direction: str) -> list[int]:
+    return _ray(cell, direction, self.grid)
 
   def pick(self, items):
     return items[int(self.rng.integers(len(items)))]
@@ -282,7 +370,10 @@ class _Scene:
     self.objs[int(cell)] = int(k)
 
   def add(self, combos, cells, count: int) -> None:
-    """Up to count distractors, uniform over the given combos (bool[combos]) and free cells."""
+    """Up to count distractors, uniform over the given combos (bool[combos]) and free cells;
+    each kept with probability self.distractors (drawn only below 1: the default draws stay)."""
+    if self.distractors < 1:
+      count = int(self.rng.binomial(count, self.distractors))
     cells = list(cells)
     for _ in range(count):
       fits = (self.allowed[cells] & combos).any(1)
@@ -299,7 +390,7 @@ class _Scene:
 
   def fill(self, n: int) -> None:
     """Filler from the popularity prior in random free cells until there are n objects."""
-    free = [int(c) for c in self.rng.permutation(GRID * GRID) if int(c) not in self.objs]
+    free = [int(c) for c in self.rng.permutation(self.cells) if int(c) not in self.objs]
     for cell in free[:max(0, n - len(self.objs))]:
       if self.allowed[cell].any():
         self.put(cell, self.prior(self.allowed[cell]))
@@ -321,7 +412,7 @@ def _hard_count_filter(s: _Scene, answer: str) -> str:
     attr, size = (_COLOR_OF, _NC) if kind == 0 else (_SHAPE_OF, _NS)
     filters = [attr == v for v in s.rng.permutation(size)]
     s.allowed[:] = False  # the counts cover the whole scene: no filler
-  cells = iter(s.rng.permutation(GRID * GRID))
+  cells = iter(s.rng.permutation(s.cells))
   for match, count in zip(filters, counts):
     for _ in range(count):
       s.put(next(cells), s.prior(match))
@@ -342,10 +433,10 @@ def _hard_relation(s: _Scene, answer: str) -> str:
   free = lambda cells: [c for c in cells if c not in s.objs]
   for j, side in enumerate(s.rng.permutation(list(_STEP))):
     # Never empty: 6 objects at most leave 10 free cells, 2 or more in some row and column.
-    cell_b = s.pick([c for c in free(range(GRID * GRID)) if free(_ray(c, side))])
+    cell_b = s.pick([c for c in free(range(s.cells)) if free(s.ray(c, side))])
     ka, kb = int(combos[2 * j]), int(combos[2 * j + 1])
     s.put(cell_b, kb)
-    s.put(s.pick(free(_ray(cell_b, side))), ka)
+    s.put(s.pick(free(s.ray(cell_b, side))), ka)
     if side == answer:
       question = f"where is the {_name_of(ka)} relative to the {_name_of(kb)} ?"
   return question
@@ -355,13 +446,17 @@ def _hard_attribute_color(s: _Scene, answer: str) -> str:
   """'what color is the triangle left of the green circle ?': the reference is unique and the
   asked object is the only one of its shape on that side of it in its row (column). Five such
   objects, one of each colour in a random order, sit in the reference's row and column (every
-  cell has six cells there); the question names the one of the answer's colour."""
-  cell_r, rs = int(s.rng.integers(GRID * GRID)), int(s.rng.integers(_NS))
+  cell has 2 * (grid - 1) >= 6 cells there); the question names the one of the answer's colour."""
+  cell_r, rs = int(s.rng.integers(s.cells)), int(s.rng.integers(_NS))
   kr = int(s.rng.integers(_NC)) * _NS + rs
   s.put(cell_r, kr)
   s.allowed[:, kr] = False
-  slots = [(side, c) for side in _STEP for c in _ray(cell_r, side)]
-  slots = [slots[i] for i in sorted(s.rng.permutation(len(slots))[:_NC])]
+  slots = [(side, c) for side in _STEP for c in s.ray(cell_r, side)]
+  while True:  # at most one of each other shape on a side; on a 4 x 4 grid a side has 3 cells
+    picked = [slots[i] for i in sorted(s.rng.permutation(len(slots))[:_NC])]
+    if max(collections.Counter(side for side, _ in picked).values()) < _NS:
+      break
+  slots = picked
   others = [x for x in range(_NS) if x != rs]
   shapes = {side: list(s.rng.permutation(others)) for side in _STEP}  # distinct on a side
   colors = s.rng.permutation(_NC)
@@ -369,11 +464,11 @@ def _hard_attribute_color(s: _Scene, answer: str) -> str:
   for (side, cell), color in zip(slots, colors):
     shape = int(shapes[side].pop())
     s.put(cell, color * _NS + shape)
-    s.allowed[np.ix_(_ray(cell_r, side), _SHAPE_OF == shape)] = False
+    s.allowed[np.ix_(s.ray(cell_r, side), _SHAPE_OF == shape)] = False
     if color == tuple(HARD_COLORS).index(answer):
       words = next(w for w, d in RELATIONS.items() if d == side)
       question = f"what color is the {HARD_SHAPES[shape]} {words} the {_name_of(kr)} ?"
-  everywhere = range(GRID * GRID)  # objects sharing the reference's colour or shape
+  everywhere = range(s.cells)  # objects sharing the reference's colour or shape
   s.add((_COLOR_OF == kr // _NS) & (_SHAPE_OF != rs), everywhere, int(s.rng.integers(1, 3)))
   s.add((_SHAPE_OF == rs) & (_COLOR_OF != kr // _NS), everywhere, int(s.rng.integers(0, 2)))
   return question
@@ -386,8 +481,8 @@ def _hard_attribute_shape(s: _Scene, answer: str) -> str:
   question, colors = "", []
   for shape in s.rng.permutation(_NS):
     while True:  # a colour and line with no object of that colour yet, and a free cell there
-      ci, i, is_row = int(s.rng.integers(_NC)), int(s.rng.integers(GRID)), bool(s.rng.integers(2))
-      line = [i * GRID + j if is_row else j * GRID + i for j in range(GRID)]
+      ci, i, is_row = int(s.rng.integers(_NC)), int(s.rng.integers(s.grid)), bool(s.rng.integers(2))
+      line = [i * s.grid + j if is_row else j * s.grid + i for j in range(s.grid)]
       k = ci * _NS + int(shape)
       free = [c for c in line if c not in s.objs and s.allowed[c, k]]
       if free and all(_COLOR_OF[s.objs[c]] != ci for c in line if c in s.objs):
@@ -397,9 +492,9 @@ def _hard_attribute_shape(s: _Scene, answer: str) -> str:
     colors.append(ci)
     if HARD_SHAPES[shape] == answer:
       question = (f"what shape is the {tuple(HARD_COLORS)[ci]} object in "
-                  f"{'row' if is_row else 'column'} {LINE_NAMES[i]} ?")
+                  f"{'row' if is_row else 'column'} {line_names(s.grid)[i]} ?")
   for ci in colors:  # each one's colour again, outside the lines that name them
-    s.add(_COLOR_OF == ci, range(GRID * GRID), 1)
+    s.add(_COLOR_OF == ci, range(s.cells), 1)
   return question
 
 
@@ -423,9 +518,9 @@ def _hard_exist(kind: str):
       near = _neighbours(kq) if kind == "adversarial" else np.arange(len(HARD_COMBOS)) != kq
       kd = int(s.pick(np.flatnonzero(near)))
     s.allowed[:, [kq, kd]] = False
-    s.put(int(s.rng.integers(GRID * GRID)), kq if answer == "yes" else kd)
+    s.put(int(s.rng.integers(s.cells)), kq if answer == "yes" else kd)
     if kind == "adversarial":
-      everywhere = range(GRID * GRID)
+      everywhere = range(s.cells)
       for k in s.rng.permutation([kq, kd]):
         s.add((_COLOR_OF == _COLOR_OF[k]) & (_SHAPE_OF != _SHAPE_OF[k]), everywhere, 1)
         s.add((_SHAPE_OF == _SHAPE_OF[k]) & (_COLOR_OF != _COLOR_OF[k]), everywhere, 1)
@@ -447,16 +542,17 @@ class HardQuestion(NamedTuple):
   answer: str
 
 
-def hard_question(seed: int, split: str, index: int) -> HardQuestion:
+def hard_question(seed: int, split: str, index: int, dials: Dials = Dials()) -> HardQuestion:
   """The scene, question and answer of hard record (seed, split, index), without drawing.
 
   The type cycles with the index and, within a type, so does the answer: both are balanced."""
   rng = np.random.default_rng([seed, SPLITS[split], index, 1])  # 1: apart from easy's streams
-  qtype = HARD_QUESTION_TYPES[index % len(HARD_QUESTION_TYPES)]
+  types = dials.question_types
+  qtype = types[index % len(types)]
   answers = HARD_ANSWERS[qtype]
-  answer = answers[(index // len(HARD_QUESTION_TYPES)) % len(answers)]
-  s = _Scene(rng)
-  n = int(rng.integers(6, 13))
+  answer = answers[(index // len(types)) % len(answers)]
+  s = _Scene(rng, dials.grid, dials.distractors)
+  n = int(rng.integers(dials.objects_min, dials.objects_max + 1))
   question = _HARD_BUILDERS[qtype](s, answer)
   s.fill(n)
   return HardQuestion(qtype, s.scene(), question, answer)
@@ -476,32 +572,34 @@ def _masks(cell: int) -> dict[str, np.ndarray]:
           "diamond": np.abs(yy - c) + np.abs(xx - c) <= c - margin + 0.5}
 
 
-def draw_hard(scene, size: int = 64) -> np.ndarray:
-  """uint8[size, size, 3] image of a hard scene; each cell is size // 4 pixels."""
+def draw_hard(scene, size: int = 64, grid: int = GRID) -> np.ndarray:
+  """uint8[size, size, 3] image of a hard scene; each cell is size // grid pixels."""
   img = np.full((size, size, 3), BACKGROUND, np.uint8)
-  cell = size // GRID
+  cell = size // grid
   masks = _masks(cell)
   for idx, color, shape in scene:
-    r0, c0 = (idx // GRID) * cell, (idx % GRID) * cell
+    r0, c0 = (idx // grid) * cell, (idx % grid) * cell
     img[r0:r0 + cell, c0:c0 + cell][masks[shape]] = HARD_COLORS[color]
   return img
 
 
-def hard_caption(scene) -> str:
+def hard_caption(scene, grid: int = GRID) -> str:
   """'row one : red square in column two , blue circle in column four . row three : ...'."""
   rows: dict[int, list[str]] = {}
+  names = line_names(grid)
   for idx, color, shape in sorted(scene):
-    rows.setdefault(idx // GRID, []).append(f"{color} {shape} in column {LINE_NAMES[idx % GRID]}")
-  return " ".join(f"row {LINE_NAMES[r]} : {' , '.join(objs)} ." for r, objs in sorted(rows.items()))
+    rows.setdefault(idx // grid, []).append(f"{color} {shape} in column {names[idx % grid]}")
+  return " ".join(f"row {names[r]} : {' , '.join(objs)} ." for r, objs in sorted(rows.items()))
 
 
 def make_hard_example(seed: int, split: str, index: int, image_size: int = 64,
-                      frames: int = 0) -> dict:
+                      frames: int = 0, dials: Dials = Dials()) -> dict:
   """The hard record for (seed, split, index), in make_example's format. Made for 64 px images
   (16 px a cell); at 32 px (8 px a cell) the four shapes still differ, by fewer pixels."""
-  q = hard_question(seed, split, index)
-  image = (clip(draw_hard, q.scene, image_size, frames) if frames > 1
-           else draw_hard(q.scene, image_size))
+  q = hard_question(seed, split, index, dials)
+  draw_fn = functools.partial(draw_hard, grid=dials.grid)
+  image = (clip(draw_fn, q.scene, image_size, frames) if frames > 1
+           else draw_fn(q.scene, image_size))
   return {"id": f"shapes_hard-{split}-{index}", "images": [image],
           "conversations": _turn(q.question, q.answer, images=1), "source": "shapes_hard",
-          "question_type": q.qtype, "caption": hard_caption(q.scene)}
+          "question_type": q.qtype, "caption": hard_caption(q.scene, dials.grid)}

@@ -21,8 +21,9 @@ class Ambiguous(AssertionError):
   """A named object that is missing or not unique: the question has no single answer."""
 
 
-def solve(scene, question):
-  """The answer read off the scene from the question's words alone; Ambiguous if none is."""
+def solve(scene, question, grid=4):
+  """The answer read off the scene (on a grid x grid board) from the question's words alone;
+  Ambiguous if none is."""
   objs = {cell: (color, shape) for cell, color, shape in scene}
   w = question.removesuffix(" ?").split()
 
@@ -41,29 +42,29 @@ def solve(scene, question):
     n = sum((color in (None, c)) and (shape in (None, s)) for c, s in objs.values())
     return g.NUMBERS[n] if n < len(g.NUMBERS) else str(n)
   if w[:2] == ["where", "is"]:  # where is the C S relative to the C S
-    (ra, ca), (rb, cb) = divmod(named((w[3], w[4])), 4), divmod(named((w[8], w[9])), 4)
+    (ra, ca), (rb, cb) = divmod(named((w[3], w[4])), grid), divmod(named((w[8], w[9])), grid)
     if ra != rb and ca != cb:
       raise Ambiguous(f"{question!r}: not in one row or column in {scene}")
     return ("left" if ca < cb else "right") if ra == rb else ("above" if ra < rb else "below")
   if w[:3] == ["what", "color", "is"]:  # what color is the S (left of | above ..) the C S
     shape, side = w[4], w[5]
-    r, c = divmod(named(tuple(w[-2:])), 4)
+    r, c = divmod(named(tuple(w[-2:])), grid)
     step = {"left": (0, -1), "right": (0, 1), "above": (-1, 0), "below": (1, 0)}[side]
     ray = []
-    while 0 <= r + step[0] < 4 and 0 <= c + step[1] < 4:
+    while 0 <= r + step[0] < grid and 0 <= c + step[1] < grid:
       r, c = r + step[0], c + step[1]
-      ray.append(r * 4 + c)
+      ray.append(r * grid + c)
     return objs[only([x for x in ray if x in objs and objs[x][1] == shape], shape)][0]
   if w[:3] == ["what", "shape", "is"]:  # what shape is the C object in (row | column) N
-    color, i = w[4], g.LINE_NAMES.index(w[-1])
-    line = [c for c in objs if divmod(c, 4)[0 if w[-2] == "row" else 1] == i]
+    color, i = w[4], g.line_names(grid).index(w[-1])
+    line = [c for c in objs if divmod(c, grid)[0 if w[-2] == "row" else 1] == i]
     return objs[only([c for c in line if objs[c][0] == color], color)][1]
   assert w[:3] == ["is", "there", "a"], question
   return "yes" if (w[3], w[4]) in objs.values() else "no"
 
 
-def every_question(qtype):
-  """Every question string of a type (what its template can say)."""
+def every_question(qtype, grid=4):
+  """Every question string of a type on a grid x grid board (what its template can say)."""
   colors, shapes, combos = list(g.HARD_COLORS), g.HARD_SHAPES, [" ".join(k) for k in g.HARD_COMBOS]
   if qtype == "count_filter":
     return ([f"how many {c} shapes are there ?" for c in colors]
@@ -76,7 +77,7 @@ def every_question(qtype):
             for k in combos]
   if qtype == "attribute_shape":
     return [f"what shape is the {c} object in {line} {n} ?" for c in colors
-            for line in ("row", "column") for n in g.LINE_NAMES]
+            for line in ("row", "column") for n in g.line_names(grid)]
   return [f"is there a {k} ?" for k in combos]
 
 
