@@ -67,10 +67,12 @@ def trace(model: vlm.VLM, params, batch: Mapping[str, jax.Array], kind: str) -> 
   mask = masks.dense_mask(*ids, kind)
   sin_cos = rope.sin_cos(batch["positions"], cfg.rope, cfg.head_dim)
   layer = llm.DecoderLayer(cfg)
+  prepared = attn_lib.prepare(q_ids, k_ids, cfg.head_dim, cfg.attention)
   hidden, attention = [x], []
   for n in range(cfg.layers):
     layer_params = jax.tree_util.tree_map(lambda p: p[n], params["llm"]["layers"])
-    (x, _), state = layer.apply({"params": layer_params}, x, None, sin_cos, q_ids, k_ids, 0,
+    (x, _), state = layer.apply({"params": layer_params}, x, None, sin_cos, q_ids, k_ids,
+                                prepared, 0,
                                 capture_intermediates=lambda m, _: m.name in ("q", "k"))
     seen = state["intermediates"]
     q, k = (rope.apply(seen[name]["__call__"][0], *sin_cos) for name in ("q", "k"))

@@ -244,7 +244,7 @@ def test_parallel_study_trains_the_pt_runs_first(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(study, "_prepare_data", lambda run: calls.append(("prepare", run.name)))
 
-  def train(todo, jobs, command):
+  def train(todo, jobs, command, pin=False):
     assert any(c.startswith("--variants=causal,mma_pt_prompt") for c in command)
     calls.append(([r.name for r in todo], jobs))
     return None if todo[0].variant else [r.name for r in todo]
@@ -263,7 +263,8 @@ def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
             mechanism_examples=0, timing_seconds=0.3)
   first = study.run_study(workdir, **dict(kw, variants=["causal"], seeds=1))
   assert first["trained"] == ["pt", "causal/seed0"]
-  out = study.run_study(workdir, jobs=2, **kw)
+  # Each job on a core of its own where there are two (--pin_jobs).
+  out = study.run_study(workdir, jobs=2, pin_jobs=len(os.sched_getaffinity(0)) >= 2, **kw)
   assert sorted(out["trained"]) == ["causal/seed1", "mma/seed0", "mma/seed1"]
   assert out["results"]["causal"]["seeds"] == out["results"]["mma"]["seeds"] == [0, 1]
   # Step times come from the timing pass, after the parallel runs ended, not from their logs;
@@ -283,3 +284,11 @@ def test_runs_in_parallel_processes_train_what_is_left(tmp_path):
   with pytest.raises(RuntimeError, match=r"prefix/seed0 \(exit 2; see .*study_run.log\)"):
     study.run_study(workdir, jobs=2, **dict(kw, variants=["causal", "prefix"],
                                             overrides=dict(TINY, **{"train.grad_accum": 3})))
+
+
+def test_pinned_jobs_get_cores_of_their_own():
+  from mma_jax.study import run as run_lib  # pylint: disable=g-import-not-at-top
+  assert run_lib.job_cores(2, [0, 1, 2, 3]) == [{0, 2}, {1, 3}]
+  assert run_lib.job_cores(3, [4, 5, 6]) == [{4}, {5}, {6}]
+  with pytest.raises(ValueError, match="--pin_jobs: 3 jobs need as many CPU cores"):
+    run_lib.job_cores(3, [0, 1])

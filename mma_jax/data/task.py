@@ -122,7 +122,9 @@ class Task:
         batch_size=t.batch_size // jax.process_count(),  # this process's rows of the batch
         pack_length=d.pack_length, max_images=d.max_images,
         packing=d.packing, seed=d.shuffle_seed, skip_bad_records=d.skip_bad_records,
-        prefetch=d.prefetch, counter=self.skips)
+        prefetch=d.prefetch, counter=self.skips,
+        cache=not self._imported and d.get("cache_shapes", False),
+        read_threads=d.get("read_threads", 4), read_ahead=d.get("read_ahead", 64))
     return iter(ds)
 
   @property

@@ -69,6 +69,7 @@ class LLMConfig:
   lm_head_bias: bool = False       # AKI's decoupled output head carries one
   dtype: str = "float32"           # compute dtype; parameters stay float32
   remat: str = "none"              # one of REMAT_POLICIES
+  unroll: int = 1                  # layers per scan iteration; 0 = all (layers.scanned)
   attention: str = "auto"          # one of mma_jax.kernels.IMPLEMENTATIONS
   # Tokens per chunk of the training loss (f32 logits of one chunk at a time, recomputed in the
   # backward pass): 0 = auto (chunked once a row's logits pass AUTO_LOSS_WHOLE_MAX), -1 = whole.
@@ -97,6 +98,7 @@ class ViTConfig:
   ln_eps: float = 1e-6
   dtype: str = "float32"
   remat: str = "none"
+  unroll: int = 1                  # layers per scan iteration; 0 = all (layers.scanned)
   # Images the tower encodes per pass, per row of a micro-batch on average: a static
   # ceil(images_per_row x rows) per batch shard; a batch with more real images takes further
   # passes, empty slots none. 0 = every slot in one pass, empty ones too.
@@ -183,6 +185,8 @@ def validate(cfg: VLMConfig) -> None:
       (v.remat in REMAT_POLICIES, f"model.vision.remat={v.remat!r}: use one of {REMAT_POLICIES}"),
       (v.images_per_row >= 0, "model.vision.images_per_row must be 0 (every slot) or positive"),
       (m.loss_chunk >= -1, "model.llm.loss_chunk must be -1 (whole), 0 (auto) or positive"),
+      (m.unroll >= 0, "model.llm.unroll must be 0 (all layers) or positive"),
+      (v.unroll >= 0, "model.vision.unroll must be 0 (all layers) or positive"),
   ]
   for ok, message in checks:
     if not ok:

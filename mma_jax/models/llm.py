@@ -87,8 +87,8 @@ class LLM(nn.Module):
         embedding_init=layers.param_init(nn.initializers.normal(0.02), ("vocab", "embed")))
     self.layers = layers.scanned(
         DecoderLayer, cfg.layers, cfg.remat,
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast))(
-            cfg, name="layers")
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        unroll=cfg.unroll)(cfg, name="layers")
     self.final_norm = layers.RMSNorm(cfg.rms_eps, layers.dtype_of(cfg.dtype))
     if not cfg.tie_embeddings:
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=cfg.lm_head_bias,

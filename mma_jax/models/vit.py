@@ -50,6 +50,7 @@ class ViT(nn.Module):
     pos = self.param("pos_embedding", layers.param_init(nn.initializers.normal(0.02),
                                                         (None, "embed")), (cfg.num_patches, cfg.hidden))
     x = x + pos.astype(dtype)
-    x, _ = layers.scanned(EncoderLayer, cfg.layers, cfg.remat, in_axes=(nn.broadcast,))(
+    x, _ = layers.scanned(EncoderLayer, cfg.layers, cfg.remat, in_axes=(nn.broadcast,),
+                          unroll=cfg.unroll)(
         cfg, name="layers")(x, None)
     return layers.layer_norm(cfg.ln_eps, dtype, name="post_norm")(x)

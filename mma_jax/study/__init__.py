@@ -40,11 +40,11 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
               steps: int | None = None, pt_steps: int | None = None,
               overrides: Mapping[str, Any] | None = None, configs_dir: str = CONFIGS_DIR,
               mechanism_examples: int = 3, jobs: int = 1,
-              timing_seconds: float = 2.0) -> dict | None:
+              timing_seconds: float = 2.0, pin_jobs: bool = False) -> dict | None:
   """Run (or reuse) every run of the plan, time each variant's step alone, write the report.
 
   jobs > 1 trains that many runs at once in subprocesses (the PT runs first, only with each
-  other). timing_seconds: per variant, for time_variants once all training has ended; 0 = step
+  other); pin_jobs keeps each to its own CPU cores (run.job_cores). timing_seconds: per variant, for time_variants once all training has ended; 0 = step
   times from the training logs instead.
 
   Returns {"results": collect(...), "rows": summarize(...), "paths": report files,
@@ -63,9 +63,9 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
     pts = [r for r in todo if not r.variant]
     if len(pts) > 1:  # they train at once: their shared benchmark files are written here first,
       _prepare_data(pts[0])  # as two processes writing them would collide
-    trained = _train_in_processes(pts, jobs, command)
+    trained = _train_in_processes(pts, jobs, command, pin_jobs)
     if trained is not None:
-      more = _train_in_processes([r for r in todo if r.variant], jobs, command)
+      more = _train_in_processes([r for r in todo if r.variant], jobs, command, pin_jobs)
       trained = None if more is None else trained + more
   else:
     trained = _train_here(todo, len(runs))

@@ -44,34 +44,56 @@ def _command(workdir, seeds, variants, steps, pt_steps, overrides, configs_dir) 
   return cmd + [f"--config.{k}={v}" for k, v in (overrides or {}).items()]
 
 
-def _train_in_processes(todo: Sequence[Run], jobs: int, command: list[str]) -> list[str] | None:
+def job_cores(jobs: int, cores: Sequence[int] | None = None) -> list[set[int]]:
+  """The CPU cores of each of `jobs` pinned jobs: this process's cores dealt out in turn.
+
+  Raises: ValueError when there are fewer cores than jobs.
+  """
+  cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+  if jobs > len(cores):
+    raise ValueError(f"--pin_jobs: {jobs} jobs need as many CPU cores; this process may use "
+                     f"{len(cores)}. Lower --jobs or leave --pin_jobs out.")
+  return [set(cores[slot::jobs]) for slot in range(jobs)]
+
+
+def _train_in_processes(todo: Sequence[Run], jobs: int, command: list[str],
+                        pin: bool = False) -> list[str] | None:
   """Trains the runs, up to `jobs` at once, each in a subprocess; None when stopped by SIGTERM.
 
+  pin: each job keeps to its own cores (job_cores), so XLA sizes its thread pool to them
+  instead of every job's threads contending for every core.
   A SIGTERM is passed on to the running runs (they save a checkpoint) and starts no new one.
   A run that fails stops the study once the others ended, naming its log.
   """
+  slots = job_cores(jobs) if pin else [None] * jobs
+  free = list(range(jobs))
   pending, active, trained, failed = list(todo), {}, [], []
   stop = []
   def forward(signum, frame):  # pylint: disable=unused-argument
     stop.append(signum)
-    for proc, _, _ in active.values():
+    for proc, *_ in active.values():
       proc.send_signal(signal.SIGTERM)
   previous = signal.signal(signal.SIGTERM, forward)
   try:
     while active or (pending and not stop and not failed):
       while pending and len(active) < jobs and not stop and not failed:
-        run = pending.pop(0)
+        run, slot = pending.pop(0), free.pop(0)
         os.makedirs(run.workdir, exist_ok=True)
         log = open(os.path.join(run.workdir, "study_run.log"), "a")
-        logging.info("Study: %s started (%d waiting); log %s.", run.name, len(pending), log.name)
+        cores = slots[slot]
+        logging.info("Study: %s started (%d waiting)%s; log %s.", run.name, len(pending),
+                     f" on cores {sorted(cores)}" if cores else "", log.name)
+        pin_to = (lambda: os.sched_setaffinity(0, cores)) if cores else None
         active[run.name] = (subprocess.Popen(command + [f"--run={run.name}"], stdout=log,
-                                             stderr=subprocess.STDOUT), log, run)
+                                             stderr=subprocess.STDOUT, preexec_fn=pin_to),
+                            log, run, slot)
       time.sleep(1.0)
-      for name, (proc, log, run) in list(active.items()):
+      for name, (proc, log, run, slot) in list(active.items()):
         if proc.poll() is None:
           continue
         log.close()
         del active[name]
+        free.append(slot)
         if finished(run):
           trained.append(name)
           logging.info("Study: %s finished.", name)

@@ -108,3 +108,40 @@ def test_a_skipped_record_is_counted_once_each_time_training_reads_it():
   assert counter.count == 1
   _take(it, 5)  # 12 of the 23 good records: the next pass (and the bad one again) is not read
   assert counter.count == 1
+
+
+def test_cache_and_read_ahead_change_no_batch_and_encode_each_record_once():
+  """Across three epochs of the 24 records, with a bad record skipped: the same batches with
+  the example cache on or off and whatever Grain's read-ahead; cached, each record is encoded
+  once however often training reads it, and the skip is still counted at every read."""
+  records = list(RECORDS)
+  records[5] = dict(records[5], conversations=records[5]["conversations"] * 40)  # too long
+
+  def counting(record, calls, **kw):
+    calls.append(record["id"])
+    return chat.encode(record, **kw)
+
+  def run(calls, **kw):  # each run its own list: Grain may still be reading ahead for another
+    counter = pipeline.SkipCounter()
+    encode = functools.partial(counting, calls=calls, tok=TOK, tokens_per_image=TPI,
+                               image_size=16)
+    ds = pipeline.train_dataset(records, encode, batch_size=2, pack_length=96, max_images=4,
+                                seed=3, prefetch=0, skip_bad_records=True, counter=counter,
+                                **kw)
+    it = iter(ds)
+    batches = _take(it, 18)  # about 3 epochs: 23 good records, about 4 per row
+    return batches, counter.count, it
+
+  plain, skips, _ = run([], cache=False, read_threads=16, read_ahead=500)
+  calls = []
+  cached, cached_skips, it = run(calls, cache=True, read_threads=2, read_ahead=8)
+  assert sorted(calls) == sorted(r["id"] for r in records)  # each record encoded once
+  assert cached_skips == skips >= 2
+  for a, b in zip(plain, cached):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # The iterator state still restores the stream.
+  state = it.get_state()
+  after = next(it)
+  it.set_state(state)
+  np.testing.assert_array_equal(next(it)["tokens"], after["tokens"])

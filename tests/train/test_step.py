@@ -199,3 +199,11 @@ def test_the_attention_plan_is_sorted_once_per_call_not_per_layer(impl):
   train = jax.value_and_grad(lambda p: step_lib.model_loss(model, p, batch, "mma"), has_aux=True)
   for fn in (forward, train):
     assert _sorts(jax.make_jaxpr(fn)(params).jaxpr) == {False: one_prepare, True: 0}
+
+
+def test_unrolled_layers_give_the_same_loss_and_gradients(params):
+  """unroll=0 (no layer loop, the tiny preset's) against a loop of one layer per iteration."""
+  batch = _batch()
+  looped = _loss_and_grads(_model(unroll=1), params, batch)
+  for unroll in (0, 2):
+    _assert_same(looped, _loss_and_grads(_model(unroll=unroll), params, batch), 1e-6)
