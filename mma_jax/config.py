@@ -134,6 +134,9 @@ def _eval() -> ml_collections.ConfigDict:
   # 'pope,mme=/data/MME.tsv' (name or name=TSV; no path = $LMUData/<VLMEvalKit name>.tsv).
   e.benchmarks = ""
   e.rule = ""           # scoring rule; '' = vlmevalkit (mma_jax.evaluate.scoring.RULES)
+  # shapes: also score the first N training records after training, as train/<metric> next
+  # to the test metrics (does the model fit what it trained on?); 0 = not
+  e.train_examples = 0
   return e
 
 
@@ -177,8 +180,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
        "use '', 'float32' or 'bfloat16'")
   need(c.lora.rank >= 0, "lora.rank", "must be 0 (off) or positive")
   need(c.data.pack_length > 0, "data.pack_length", "must be positive")
-  need(c.data.read_threads >= 1 and c.data.read_ahead >= 1, "data.read_threads / read_ahead",
-       "must be at least 1")
+  need(c.data.read_threads >= 1, "data.read_threads", "must be at least 1")
+  need(c.data.read_ahead >= 1, "data.read_ahead", "must be at least 1")
   need(c.data.max_images >= 2, "data.max_images", "must be at least 2 (two-image questions)")
   need(c.train.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
   need(c.train.log_every > 0, "train.log_every", "must be positive")
@@ -187,6 +190,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(c.eval.rule in ("",) + scoring.RULES, "eval.rule",
        f"use '' (= {scoring.DEFAULT_RULE}) or one of {scoring.RULES}")
   scoring.parse_list(c.eval.benchmarks)  # an unknown name: an error naming the key
+  need(c.eval.train_examples >= 0 and (c.eval.train_examples == 0 or c.data.source == "shapes"),
+       "eval.train_examples", "must be 0, or positive with data.source='shapes' (imported "
+       "records are mixed for training, not scored per source)")
   for tower in ("llm", "vision"):
     need(c.model[tower].get("remat", "none") in REMAT_POLICIES, f"model.{tower}.remat",
          f"use one of {REMAT_POLICIES}")

@@ -135,9 +135,12 @@ class Task:
     """(records, category per record) of an evaluation split, read once: the question type
     for the shapes benchmark, the source name for imported records (at most
     config.data.test_size / validation_size per source). Images stay encoded until
-    with_pixels."""
+    with_pixels. The shapes 'train' split: its first config.eval.train_examples records."""
     if not self._imported:
-      recs = list(self.source(split))
+      source = self.source(split)
+      n = len(source) if split != "train" else min(len(source),
+                                                   self.config.eval.get("train_examples", 0))
+      recs = [source[i] for i in range(n)]
       return recs, [r["question_type"] for r in recs]
     d = self.config.data
     limit = d.test_size if split == "test" else d.validation_size

@@ -12,12 +12,15 @@ from mma_jax.study.planning import Run
 
 
 def metric_names(metrics: Mapping[str, float]) -> list[str]:
-  """accuracy/all, accuracy per question type (benchmark order), f1/exist: those present."""
+  """accuracy/all, accuracy per question type (benchmark order), f1/exist, then train/accuracy
+  likewise: those present."""
   from mma_jax.data.shapes import generate  # pylint: disable=g-import-not-at-top
   types = [t for t in generate.QUESTION_TYPES if f"accuracy/{t}" in metrics]
   types += sorted(k.split("/", 1)[1] for k in metrics
                   if k.startswith("accuracy/") and k.split("/", 1)[1] not in types + ["all"])
   names = ["accuracy/all"] + [f"accuracy/{t}" for t in types] + ["f1/exist"]
+  # config.eval.train_examples: the same on training records, how well SFT fits them
+  names += [f"train/{n}" for n in names if n.startswith("accuracy/")]
   return [n for n in names if n in metrics]
 
 

@@ -354,6 +354,10 @@ class Trainer:
     results = {own: runner.run_benchmark(self.model, params, self.task, self.config, own,
                                              split=split, out=out)}
     metrics = dict(results[own]["metrics"])
+    if split == "test" and self.config.eval.get("train_examples", 0):  # fit, next to test
+      train = runner.run_benchmark(self.model, params, self.task, self.config, own,
+                                   split="train")
+      metrics.update({f"train/{k}": v for k, v in train["metrics"].items()})
     for name, path in scoring.parse_list(self.config.eval.benchmarks):
       results[name] = runner.run_benchmark(self.model, params, self.task, self.config, name,
                                                path, out=out)

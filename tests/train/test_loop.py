@@ -65,7 +65,13 @@ def read_log(workdir):
 
 def test_golden_one_step_loss(data_dir, tmp_path):
   c = small_config(data_dir, steps=1)
+  c.eval.train_examples = 10  # scored too, as train/<metric>: the fit next to the test score
   metrics = train_and_evaluate(c, str(tmp_path))
+  train = {k[len("train/"):]: v for k, v in metrics.items() if k.startswith("train/")}
+  assert set(train) == {k for k in metrics if not k.startswith("train/")}
+  assert 0 <= train["accuracy/all"] <= 1
+  with open(os.path.join(str(tmp_path), "results.json")) as f:
+    assert json.load(f)["metrics"]["train/accuracy/all"] == train["accuracy/all"]
   loss = read_log(str(tmp_path))[1]
   # A fresh model predicts near-uniformly over the tokenizer's vocabulary.
   assert abs(loss - np.log(vocab.shapes_tokenizer().vocab_size)) < 0.5
@@ -146,6 +152,8 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     ("mask", "bidirectional", "config.mask='bidirectional'"),
     ("train.grad_accum", 3, "config.train.grad_accum=3: must divide"),
     ("data.order", "X&Y", "config.data.order"),
+    ("eval.train_examples", -1, "config.eval.train_examples=-1"),
+    ("data.read_ahead", 0, "config.data.read_ahead=0: must be at least 1"),
 ])
 def test_impossible_values_name_the_key(key, value, match):
   c = config_lib.base_config()
