@@ -104,6 +104,11 @@ class CachedExamples:
     return item
 
 
+# Grain's reader threads and read-ahead (config.data.read_threads / read_ahead; see
+# train_dataset): the defaults here, for configs saved before those keys, and in config.py.
+READ_THREADS, READ_AHEAD = 4, 64
+
+
 def finish_row(packed) -> dict:
   """A packed row from Grain's packer -> the training row of the module docstring."""
   seg = packed["tokens_segment_ids"].astype(np.int32)
@@ -124,7 +129,8 @@ def train_dataset(source, encode_fn: Callable[[Any], dict], *, batch_size: int,
                   pack_length: int, max_images: int, packing: bool = True, seed: int = 0,
                   skip_bad_records: bool = False, prefetch: int = 2, num_bins: int = 8,
                   counter: SkipCounter | None = None, cache: bool = False,
-                  read_threads: int = 4, read_ahead: int = 64) -> grain.IterDataset:
+                  read_threads: int = READ_THREADS,
+                  read_ahead: int = READ_AHEAD) -> grain.IterDataset:
   """The training IterDataset; iter() of it is a checkpointable Grain DatasetIterator.
 
   Args:

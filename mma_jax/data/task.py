@@ -124,7 +124,8 @@ class Task:
         packing=d.packing, seed=d.shuffle_seed, skip_bad_records=d.skip_bad_records,
         prefetch=d.prefetch, counter=self.skips,
         cache=not self._imported and d.get("cache_shapes", False),
-        read_threads=d.get("read_threads", 4), read_ahead=d.get("read_ahead", 64))
+        read_threads=d.get("read_threads", pipeline.READ_THREADS),
+        read_ahead=d.get("read_ahead", pipeline.READ_AHEAD))
     return iter(ds)
 
   @property
