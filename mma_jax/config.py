@@ -53,6 +53,7 @@ def _data() -> ml_collections.ConfigDict:
                         # and exist_adversarial plant on purpose that are kept
   d.question_types = "" # hard types cycled through, comma-separated ('relation,exist_random');
                         # '' = all 7
+  d.turns = 1           # 2: a first question (the shape in one cell), then the scored one
   d.on_the_fly = False  # shapes: generate every split's records by index (no files, any size)
                         # instead of writing TFDS ArrayRecord files; the same records, in index
                         # order (TFDS orders its files its own way, so shuffles differ)

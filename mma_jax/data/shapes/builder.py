@@ -14,7 +14,7 @@ from mma_jax.data.shapes import generate
 def dials_tag(dials: generate.Dials) -> str:
   """What a config name adds for the hard benchmark's dials that are not the defaults: '' at the
   defaults, else e.g. '_o3-8_g5_d0.5_q0146' (objects, grid, distractor share, question types
-  by their index in HARD_QUESTION_TYPES)."""
+  by their index in HARD_QUESTION_TYPES, turns)."""
   default, parts = generate.Dials(), []
   if (dials.objects_min, dials.objects_max) != (default.objects_min, default.objects_max):
     parts.append(f"o{dials.objects_min}-{dials.objects_max}")
@@ -25,6 +25,8 @@ def dials_tag(dials: generate.Dials) -> str:
   if dials.question_types != default.question_types:
     parts.append("q" + "".join(str(generate.HARD_QUESTION_TYPES.index(t))
                                for t in dials.question_types))
+  if dials.turns != default.turns:
+    parts.append(f"t{dials.turns}")
   return "".join(f"_{p}" for p in parts)
 
 

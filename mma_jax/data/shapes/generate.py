@@ -273,12 +273,16 @@ class Dials(NamedTuple):
   distractors: the share of the look-alikes that attribute_color, attribute_shape and
     exist_adversarial add on purpose that is kept (each with this probability; 1 keeps all
     without a draw, 0 none). The other types plant no distractors.
-  question_types: the types cycled through with the index, in HARD_QUESTION_TYPES' order."""
+  question_types: the types cycled through with the index, in HARD_QUESTION_TYPES' order.
+  turns: 1, or 2 for a conversation: a first turn asks the shape in one occupied cell, then the
+    record's own question follows (the same scene, question and answer as at 1 turn; scored).
+    With mask mma the image sees only the first turn's question, with mma_conversation both."""
   objects_min: int = 6
   objects_max: int = 12
   grid: int = GRID
   distractors: float = 1.0
   question_types: tuple[str, ...] = HARD_QUESTION_TYPES
+  turns: int = 1
 
 
 DIAL_KEYS = {f: f"data.{f}" for f in Dials._fields}  # config.data.question_types: 'a,b' ('' = all)
@@ -296,7 +300,8 @@ def dials(data) -> Dials:
   return Dials(int(data.get("objects_min", d.objects_min)),
                int(data.get("objects_max", d.objects_max)), int(data.get("grid", d.grid)),
                float(data.get("distractors", d.distractors)),
-               tuple(t for t in HARD_QUESTION_TYPES if t in types) if types else d.question_types)
+               tuple(t for t in HARD_QUESTION_TYPES if t in types) if types else d.question_types,
+               int(data.get("turns", d.turns)))
 
 
 def dial_problems(data, image_size: int) -> list[tuple[str, str]]:
@@ -320,6 +325,8 @@ def dial_problems(data, image_size: int) -> list[tuple[str, str]]:
                 "grid"))
   if not 0.0 <= d.distractors <= 1.0:
     out.append(("data.distractors", "a share in [0, 1]"))
+  if d.turns not in (1, 2):
+    out.append(("data.turns", "1 (one question) or 2 (a first question, then the scored one)"))
   names = _type_names(data.get("question_types", ""))
   bad = [t for t in names if t not in HARD_QUESTION_TYPES]
   if bad or len(set(names)) != len(names) or (data.get("question_types", "") and not names):
@@ -600,6 +607,22 @@ def make_hard_example(seed: int, split: str, index: int, image_size: int = 64,
   draw_fn = functools.partial(draw_hard, grid=dials.grid)
   image = (clip(draw_fn, q.scene, image_size, frames) if frames > 1
            else draw_fn(q.scene, image_size))
+  if dials.turns == 2:
+    conversation = _turn(*first_turn(seed, split, index, q.scene, dials.grid), images=1)
+    conversation += _turn(q.question, q.answer)
+  else:
+    conversation = _turn(q.question, q.answer, images=1)
   return {"id": f"shapes_hard-{split}-{index}", "images": [image],
-          "conversations": _turn(q.question, q.answer, images=1), "source": "shapes_hard",
+          "conversations": conversation, "source": "shapes_hard",
           "question_type": q.qtype, "caption": hard_caption(q.scene, dials.grid)}
+
+
+def first_turn(seed: int, split: str, index: int, scene, grid: int = GRID) -> tuple[str, str]:
+  """The first turn of a two-turn hard record: 'what shape is the object in row two column
+  three ?' about one occupied cell, drawn from a stream of its own (2) so the scene, question
+  and answer of the scored turn are the one-turn record's."""
+  cell, _, shape = scene[int(np.random.default_rng([seed, SPLITS[split], index, 2])
+                             .integers(len(scene)))]
+  names = line_names(grid)
+  row, column = names[cell // grid], names[cell % grid]
+  return f"what shape is the object in row {row} column {column} ?", shape

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mma_jax import config as config_lib
-from mma_jax.data import task, vocab
+from mma_jax import masks, tokens
+from mma_jax.data import chat, task, vocab
 from mma_jax.data.shapes import builder as shapes_builder
 from mma_jax.data.shapes import generate as g
 from mma_jax.data.shapes import source as shapes_source
@@ -191,6 +192,8 @@ def test_vocabulary_covers_every_word_of_every_grid():
     ("question_types", "relation,bogus", "config.data.question_types='relation,bogus'.*bogus"),
     ("question_types", "relation,relation", "config.data.question_types=.*each once"),
     ("question_types", ",", "config.data.question_types=','"),
+    ("turns", 3, "config.data.turns=3: 1 .one question. or 2"),
+    ("turns", 0, "config.data.turns=0"),
 ])
 def test_bad_dials_name_their_config_key(key, value, match):
   c = config_lib.base_config()
@@ -220,6 +223,55 @@ def test_builder_names_only_dials_that_differ():
   assert "hard_s5_px64_n7-2-2_g5_o6-25" not in names
   assert "hard_s5_px64_n7-2-2_o6-25_g5" in names and "hard_s5_px64_n7-2-2_d0.5" in names
   assert "hard_s5_px64_n7-2-2_q14" in names
+  assert shapes_builder.dials_tag(g.Dials(turns=2)) == "_t2"
+
+
+@pytest.mark.parametrize("dials", [g.Dials(turns=2), g.Dials(grid=5, objects_max=25, turns=2)],
+                         ids=["t2", "g5_t2"])
+def test_two_turn_records_ask_a_cell_first_then_the_one_turn_question(dials):
+  """A two-turn record is its one-turn record (image, scored question and answer, type) with a
+  first turn before it, whose answer is the shape in the cell it names."""
+  one = dials._replace(turns=1)
+  size = 16 * dials.grid
+  shapes = collections.Counter()
+  for i in range(40):
+    two, single = (g.make_example(3, "test", i, size, "hard", dials=d) for d in (dials, one))
+    np.testing.assert_array_equal(two["images"][0], single["images"][0])
+    assert {k: two[k] for k in ("id", "question_type", "caption")} == {
+        k: single[k] for k in ("id", "question_type", "caption")}
+    (q1, a1), (q2, a2) = [(two["conversations"][j]["value"], two["conversations"][j + 1]["value"])
+                          for j in (0, 2)]
+    assert [q2, a2] == [single["conversations"][0]["value"].replace("<image>\n", ""),
+                        single["conversations"][1]["value"]]
+    assert q1.startswith("<image>\n") and "<image>" not in q2
+    words = q1.split()
+    row, column = (g.line_names(dials.grid).index(words[words.index(w) + 1])
+                   for w in ("row", "column"))
+    cells = {c: shape for c, _, shape in g.hard_question(3, "test", i, one).scene}
+    assert a1 == cells[row * dials.grid + column]
+    shapes[a1] += 1
+  assert len(shapes) >= 3  # the first turn asks different cells, not one fixed answer
+
+
+def test_two_turns_split_the_mma_masks_and_are_tokenized_with_the_hard_vocabulary():
+  """Under mma the image sees only the first turn's question; under mma_conversation it also
+  sees the scored question of the second turn: the pair the multi-turn study compares."""
+  record = g.make_example(0, "train", 5, 64, "hard", dials=g.Dials(turns=2))
+  tok = vocab.shapes_tokenizer("hard")
+  ex = chat.encode(record, tok, tokens_per_image=16, image_size=64)
+  assert tok.tok.token_to_id("<unk>") not in list(ex["tokens"])
+  vec = {k: np.asarray(ex[k])[None] for k in ("modality", "role", "turn")}
+  seg = np.ones_like(vec["turn"])
+  image = np.flatnonzero(vec["modality"][0] != tokens.TEXT)
+  second_q = np.flatnonzero((vec["turn"][0] == 1) & (vec["role"][0] == tokens.PROMPT))
+  first_q = np.flatnonzero((vec["turn"][0] == 0) & (vec["role"][0] == tokens.PROMPT)
+                           & (np.arange(seg.shape[1]) > image[-1]))
+  assert len(image) == 16 and len(second_q) and len(first_q)
+  seen = {kind: np.asarray(masks.dense_mask(seg, vec["modality"], vec["role"], vec["turn"],
+                                            kind))[0] for kind in ("mma", "mma_conversation")}
+  assert seen["mma"][np.ix_(image, first_q)].all()
+  assert not seen["mma"][np.ix_(image, second_q)].any()
+  assert seen["mma_conversation"][np.ix_(image, second_q)].all()
 
 
 def assert_same_records(got, want):
