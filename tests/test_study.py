@@ -100,8 +100,8 @@ def test_report_corrects_for_the_comparisons(tmp_path):
           f"accuracy with paired p = {v_p['causal']:.3g}, Holm-adjusted p = "
           f"{2 * v_p['causal']:.3g} over 5 seeds: p < 0.05 alone, but **not significant after "
           "correction**") in report
-  assert "Family: MMA against each of the 3 other variants on overall accuracy (3 with a test)" \
-      in report
+  assert ("Family: MMA against each of the 3 other variants on the same data, on overall "
+          "accuracy (3 with a test)") in report
   assert "MMA is significantly **worse** than prefix-LM I&T" in report
   assert "significantly beats 0 of 3 baselines" in report
   assert "Step time is from the **training log**" in report
@@ -170,6 +170,38 @@ def test_mma_in_pt_variant_starts_from_its_own_pt_run():
                overrides={"data.pt_prompt": "what is it ?"})
   with pytest.raises(ValueError, match="--config.mask is set by the study"):
     study.plan("/tmp/s", 1, ["causal", "mma_pt_prompt"], overrides={"mask": "causal"})
+
+
+def test_two_turn_variants_train_on_their_own_data_and_are_judged_against_each_other(tmp_path):
+  """mma_2turn and mma_conversation_2turn set data.turns=2 (nothing else differs from mma and
+  mma_conversation); the verdict keeps them out of MMA's family and tests the pair."""
+  names = ["causal", "mma", "mma_2turn", "mma_conversation_2turn"]
+  runs = study.plan(str(tmp_path), 5, names, steps=5, pt_steps=3)
+  by = {r.variant: r.config for r in runs}
+  assert by["mma_2turn"].data.turns == by["mma_conversation_2turn"].data.turns == 2
+  assert by["mma"].data.turns == by["causal"].data.turns == 1
+  assert by["mma_2turn"].to_dict() == dict(by["mma"].to_dict(), data=dict(
+      by["mma"].data.to_dict(), turns=2))
+  assert by["mma_conversation_2turn"].mask == "mma_conversation"
+  assert [r.name for r in runs if not r.variant] == ["pt"]  # the same PT run
+  with pytest.raises(ValueError, match="--config.data.turns is set by the study for the "
+                     "variant 'mma_2turn'"):
+    study.plan(str(tmp_path), 1, names, overrides={"data.turns": 2})
+  base = np.array([0.60, 0.62, 0.59, 0.61, 0.60])
+  scores = {"causal": base, "mma": base + 0.01 * np.array([1, 2, 0, 1, 3]),
+            "mma_2turn": base + 0.01 * np.array([0, 1, 1, 0, 2]),
+            "mma_conversation_2turn": base + 0.01 * np.array([6, 9, 7, 8, 6])}
+  results = {v: {"steps": 5, "seeds": [0, 1, 2, 3, 4],
+                 "metrics": {"accuracy/all": x.tolist()}, "step_time": [0.01] * 5,
+                 "chance": {}} for v, x in scores.items()}
+  report = open(study.write_report(str(tmp_path), runs, results)["markdown"]).read()
+  assert "MMA against each of the 1 other variants on the same data" in report
+  assert "MMA − MMA I&T, two-turn records" not in report
+  p = study.paired_test(scores["mma_conversation_2turn"], scores["mma_2turn"])[2]
+  assert p < 0.05
+  assert (f"- MMA across turns, two-turn records (upper bound) − MMA I&T, two-turn records: "
+          f"+0.064 (paired p = {p:.3g}, Holm-adjusted p = {p:.3g} over 5 seeds): significant."
+          ) in report
 
 
 @pytest.mark.parametrize("difficulty", ["easy", "hard"])

@@ -65,7 +65,12 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
       _prepare_data(pts[0])  # as two processes writing them would collide
     trained = _train_in_processes(pts, jobs, command, pin_jobs)
     if trained is not None:
-      more = _train_in_processes([r for r in todo if r.variant], jobs, command, pin_jobs)
+      sfts = [r for r in todo if r.variant]
+      # Each data setting's files (a variant's overrides may give it its own) are written
+      # here first, as its seeds starting at once would collide writing them.
+      for first in {r.config.data.to_json(): r for r in reversed(sfts)}.values():
+        _prepare_data(first)
+      more = _train_in_processes(sfts, jobs, command, pin_jobs)
       trained = None if more is None else trained + more
   else:
     trained = _train_here(todo, len(runs))

@@ -9,6 +9,9 @@ number of steps; DOT trains `steps` in T&I and then `steps` in I&T, so `causal_2
 for 2 x steps) is its fair control. The exception is `mma_pt_prompt` (the paper's open question,
 MMA in PT): `mma`'s SFT from a second PT run, `pt_prompt`, trained like the first but under mask
 mma with an instruction after the images (PT_RUNS), so it differs from `mma` by the PT alone.
+`mma_2turn` and `mma_conversation_2turn` (the open question on multi-turn grouping) train on
+two-turn records (data.turns=2, a question about one cell before the scored one) from the same
+PT run; the verdict tests the second against the first, apart from MMA's family.
 A seed sets config.seed and the data shuffling (config.data.shuffle_seed); the parameters all
 come from PT. Layout of --workdir:
 

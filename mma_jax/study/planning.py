@@ -102,8 +102,13 @@ def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = 
       pt.train.steps = pt_steps
     runs.append(Run(name, "", 0, pt, os.path.join(workdir, name)))
   for v in variants:
+    for key in sorted({k for k, _ in VARIANTS[v].overrides} & set(overrides)):
+      raise ValueError(f"--config.{key} is set by the study for the variant {v!r}; leave it "
+                       f"out, or leave {v} out of --variants.")
     for s in range(seeds):
       c = make(VARIANTS[v].config_file)
+      for key, value in VARIANTS[v].overrides:
+        _set(c, key, value)
       c.train.steps = VARIANTS[v].step_factor * (steps or c.train.steps)
       c.seed = c.data.shuffle_seed = s
       c.init_from = os.path.join(workdir, VARIANTS[v].pt)  # its PT run's workdir

@@ -34,23 +34,27 @@ def _p(p: float) -> str:
   return "n/a" if not np.isfinite(p) else f"{p:.3g}"
 
 
+def _paired(results, a: str, b: str, metric: str = "accuracy/all"):
+  """(seeds both have, mean difference a - b, two-sided p) of a metric, paired by seed."""
+  seeds = [s for s in results[a]["seeds"] if s in results[b]["seeds"]]
+  pick = lambda v: [results[v]["metrics"][metric][results[v]["seeds"].index(s)] for s in seeds]
+  diff, _, p = paired_test(pick(a), pick(b))
+  return len(seeds), diff, p
+
+
 def _verdict(results) -> list[str]:
   """Plain sentences: does MMA beat causal I&T and the other baselines on overall accuracy?
 
-  The family is MMA against each other variant on overall accuracy; a win needs a positive
-  difference with Holm-adjusted p < ALPHA over that family.
+  The family is MMA against each other variant trained on the same data, on overall accuracy;
+  a win needs a positive difference with Holm-adjusted p < ALPHA over that family. A variant
+  on other data (Variant.overrides, e.g. two-turn records) is tested against its own
+  Variant.against instead, in a family of those tests.
   """
   if "mma" not in results:
     return ["MMA was not part of this study (--variants), so there is no verdict on it."]
-  overall = "accuracy/all"
   n = len(results["mma"]["seeds"])
-  others = [v for v in results if v != "mma"]
-  tests = []
-  for other in others:
-    seeds = [s for s in results["mma"]["seeds"] if s in results[other]["seeds"]]
-    pick = lambda v: [results[v]["metrics"][overall][results[v]["seeds"].index(s)] for s in seeds]
-    diff, _, p = paired_test(pick("mma"), pick(other))
-    tests.append((other, len(seeds), diff, p))
+  others = [v for v in results if v != "mma" and not VARIANTS[v].overrides]
+  tests = [(other, *_paired(results, "mma", other)) for other in others]
   adjusted = holm([p for *_, p in tests])
   m = int(np.sum(np.isfinite([p for *_, p in tests])))
   lines, wins = [], 0
@@ -78,10 +82,28 @@ def _verdict(results) -> list[str]:
           if wins == len(lines) else
           f"At this scale MMA significantly beats {wins} of {len(lines)} baselines ({n} seed(s); "
           f"adjusted p < {ALPHA}); the claim is not reproduced where it does not.")
-  family = (f"Family: MMA against each of the {len(others)} other variants on overall accuracy"
-            + (f" ({m} with a test); p adjusted by Holm–Bonferroni over those {m}." if m else
-               "; none has a test, so there is nothing to correct."))
-  return [head, "", family, ""] + lines
+  family = (f"Family: MMA against each of the {len(others)} other variants on the same data, on "
+            "overall accuracy" + (f" ({m} with a test); p adjusted by Holm–Bonferroni over those "
+                                  f"{m}." if m else "; none has a test, so there is nothing to "
+                                  "correct."))
+  return [head, "", family, ""] + lines + _own_data_verdict(results)
+
+
+def _own_data_verdict(results) -> list[str]:
+  """Each variant on data of its own against its Variant.against (Holm over these tests)."""
+  pairs = [(v, VARIANTS[v].against) for v in results
+           if VARIANTS[v].against and VARIANTS[v].against in results]
+  if not pairs:
+    return []
+  tests = [(v, w, *_paired(results, v, w)) for v, w in pairs]
+  lines = ["", "On data of their own (Variant.overrides; scored on the same test questions), "
+           "each against the variant it isolates, overall accuracy, Holm over these "
+           f"{len(tests)}:", ""]
+  for (v, w, k, diff, p), q in zip(tests, holm([t[-1] for t in tests])):
+    sig = ("significant" if np.isfinite(q) and q < ALPHA else "not significant")
+    lines.append(f"- {VARIANTS[v].label} − {VARIANTS[w].label}: {diff:+.3f} (paired p = "
+                 f"{_p(p)}, Holm-adjusted p = {_p(q)} over {k} seeds): {sig}.")
+  return lines
 
 
 def write_report(workdir: str, runs: Sequence[Run], results: Mapping[str, dict],

@@ -13,6 +13,10 @@ class Variant:
   step_factor: int    # config.train.steps = step_factor x --steps
   label: str
   pt: str = "pt"      # the PT run (PT_RUNS) its SFT starts from
+  # Config keys the study sets for this variant alone, e.g. (("data.turns", 2),): its data
+  # differs from the others', so its verdict is against `against`, the variant on that data.
+  overrides: tuple = ()
+  against: str = ""
 
 
 # An instruction for MMA in PT: captions have no prompt text, so without one MMA equals causal
@@ -41,6 +45,14 @@ VARIANTS = {
     # an instruction, so the difference to mma is the PT alone.
     "mma_pt_prompt": Variant("sft_mma.py", 1, "MMA I&T after PT with a prompt (MMA in PT)",
                              pt="pt_prompt"),
+    # The multi-turn question on two-turn records (data.turns=2: a question about one cell, then
+    # the scored one): under mma the image sees only the first question, under
+    # mma_conversation the scored one too. Scored on the same questions as the one-turn runs.
+    "mma_2turn": Variant("sft_mma.py", 1, "MMA I&T, two-turn records",
+                         overrides=(("data.turns", 2),)),
+    "mma_conversation_2turn": Variant(
+        "sft_mma_conversation.py", 1, "MMA across turns, two-turn records (upper bound)",
+        overrides=(("data.turns", 2),), against="mma_2turn"),
 }
 # Set by the study for every run; an override of one of them would break the comparison.
 FIXED_KEYS = ("stage", "mask", "data.order", "init_from", "seed", "data.shuffle_seed",
