@@ -272,19 +272,21 @@ def test_tiny_study_reports_results_and_reuses_finished_runs(tmp_path):
 
 def test_parallel_study_trains_the_pt_runs_first(tmp_path, monkeypatch):
   """--jobs=2 with two PT runs: the benchmark is written once here, then both PT runs train at
-  once, then the SFT runs (no training here: the second stage reports a stop)."""
+  once, then each SFT data setting is written once (the two-turn variant has its own), then
+  the SFT runs (no training here: the second stage reports a stop)."""
   calls = []
   monkeypatch.setattr(study, "_prepare_data", lambda run: calls.append(("prepare", run.name)))
 
   def train(todo, jobs, command, pin=False):
-    assert any(c.startswith("--variants=causal,mma_pt_prompt") for c in command)
+    assert any(c.startswith("--variants=causal,mma_pt_prompt,mma_2turn") for c in command)
     calls.append(([r.name for r in todo], jobs))
     return None if todo[0].variant else [r.name for r in todo]
   monkeypatch.setattr(study, "_train_in_processes", train)
-  assert study.run_study(str(tmp_path), seeds=1, variants=["causal", "mma_pt_prompt"], jobs=2,
-                         overrides=TINY) is None
-  assert calls == [("prepare", "pt"), (["pt", "pt_prompt"], 2),
-                   (["causal/seed0", "mma_pt_prompt/seed0"], 2)]
+  assert study.run_study(str(tmp_path), seeds=1, variants=["causal", "mma_pt_prompt", "mma_2turn"],
+                         jobs=2, overrides=TINY) is None
+  assert calls == [("prepare", "pt"), (["pt", "pt_prompt"], 2), ("prepare", "causal/seed0"),
+                   ("prepare", "mma_2turn/seed0"),
+                   (["causal/seed0", "mma_pt_prompt/seed0", "mma_2turn/seed0"], 2)]
 
 
 def test_runs_in_parallel_processes_train_what_is_left(tmp_path):

@@ -68,7 +68,10 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
       sfts = [r for r in todo if r.variant]
       # Each data setting's files (a variant's overrides may give it its own) are written
       # here first, as its seeds starting at once would collide writing them.
-      for first in {r.config.data.to_json(): r for r in reversed(sfts)}.values():
+      firsts = {}
+      for r in sfts:
+        firsts.setdefault(r.config.data.to_json(), r)
+      for first in firsts.values():
         _prepare_data(first)
       more = _train_in_processes(sfts, jobs, command, pin_jobs)
       trained = None if more is None else trained + more
