@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The calibration sweep of the hard design (docs/study/calibration/README.md): each point is the
+# study command at one setting, one seed, causal and MMA (PT, then SFT from it), two points at
+# once, each pinned to one core of the 2-core VM:
+#   A  existence x3 + attribute_shape, 2-4 objects, no distractors,  SFT 800 steps
+#   B  existence x3,                   2-4 objects, half distractors, SFT 800 steps
+#   C  existence x3 + attribute_shape, 3-6 objects, half distractors, SFT 600 steps
+#   D  existence x3 + attribute_shape, 4-8 objects, all distractors,  SFT 600 steps
+# The point the study took (2-5 objects, half distractors, 600 steps) is its own seed 0
+# (launch/study_calibrated.sh).
+#   launch/calibration.sh WORKDIR
+set -euo pipefail
+w="${1:?usage: launch/calibration.sh WORKDIR}"
+mkdir -p "$w"
+four=exist_random,exist_popular,exist_adversarial,attribute_shape
+point() {  # NAME CORE FLAGS...: one point; its output in WORKDIR/NAME.log
+  local name="$1" core="$2"; shift 2
+  local start; start=$(date +%s)
+  taskset -c "$core" python -m mma_jax.study --workdir="$w/$name" --variants=causal,mma \
+    --seeds=1 --jobs=1 --timing_seconds=0 --mechanism_examples=0 --pt_steps=1200 \
+    --config.data.difficulty=hard --config.model.vision.image_size=64 \
+    --config.model.vision.patch_size=16 --config.data.on_the_fly=True "$@" > "$w/$name.log" 2>&1
+  echo "$name: $(( $(date +%s) - start )) s"
+}
+point A 0 --steps=800 --config.data.question_types=$four --config.data.objects_min=2 \
+  --config.data.objects_max=4 --config.data.distractors=0.0 &
+point B 1 --steps=800 --config.data.question_types=${four%,attribute_shape} \
+  --config.data.objects_min=2 --config.data.objects_max=4 --config.data.distractors=0.5 &
+wait
+point C 0 --steps=600 --config.data.question_types=$four --config.data.objects_min=3 \
+  --config.data.objects_max=6 --config.data.distractors=0.5 &
+point D 1 --steps=600 --config.data.question_types=$four --config.data.objects_min=4 \
+  --config.data.objects_max=8 --config.data.distractors=1.0 &
+wait
