@@ -82,33 +82,30 @@ def plan(workdir: str, seeds: int, variants: Sequence[str], steps: int | None = 
     raise ValueError(f"--seeds={seeds} must be at least 1.")
   workdir = os.path.abspath(workdir)
   overrides = dict(overrides or {})
-  def make(config_file):
+  def make(config_file, study_sets: Mapping[str, Any], owner: str, users: str):
+    """config_file's config with the --config overrides, then the keys the study sets for
+    `owner` (a PT run or a variant, used by the --variants `users`); overriding one is refused."""
     c = apply_overrides(load_config(os.path.join(configs_dir, config_file)), overrides)
     if "data.dir" not in overrides:  # one copy of the benchmark for every run
       c.data.dir = os.path.join(workdir, "data")
+    for key in sorted(set(study_sets) & set(overrides)):
+      raise ValueError(f"--config.{key} is set by the study for {owner}; leave it out, or "
+                       f"leave {users} out of --variants.")
+    for key, value in study_sets.items():
+      _set(c, key, value)
     return c
 
   runs = []
   needed = {VARIANTS[v].pt for v in variants}
   for name in (n for n in PT_RUNS if n in needed):  # the same steps, overrides and seed 0
-    for key in sorted(set(PT_RUNS[name]) & set(overrides) - set(FIXED_KEYS)):
-      users = ", ".join(v for v in variants if VARIANTS[v].pt == name)
-      raise ValueError(f"--config.{key} is set by the study for the PT run {name!r} (of "
-                       f"--variants {users}); leave it out, or leave {users} out of --variants.")
-    pt = make("pt.py")
-    for key, value in PT_RUNS[name].items():
-      _set(pt, key, value)
+    users = ", ".join(v for v in variants if VARIANTS[v].pt == name)
+    pt = make("pt.py", PT_RUNS[name], f"the PT run {name!r} (of --variants {users})", users)
     if pt_steps:
       pt.train.steps = pt_steps
     runs.append(Run(name, "", 0, pt, os.path.join(workdir, name)))
   for v in variants:
-    for key in sorted({k for k, _ in VARIANTS[v].overrides} & set(overrides)):
-      raise ValueError(f"--config.{key} is set by the study for the variant {v!r}; leave it "
-                       f"out, or leave {v} out of --variants.")
     for s in range(seeds):
-      c = make(VARIANTS[v].config_file)
-      for key, value in VARIANTS[v].overrides:
-        _set(c, key, value)
+      c = make(VARIANTS[v].config_file, dict(VARIANTS[v].overrides), f"the variant {v!r}", v)
       c.train.steps = VARIANTS[v].step_factor * (steps or c.train.steps)
       c.seed = c.data.shuffle_seed = s
       c.init_from = os.path.join(workdir, VARIANTS[v].pt)  # its PT run's workdir
