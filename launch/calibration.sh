@@ -6,6 +6,7 @@
 #   B  existence x3,                   2-4 objects, half distractors, SFT 800 steps
 #   C  existence x3 + attribute_shape, 3-6 objects, half distractors, SFT 600 steps
 #   D  existence x3 + attribute_shape, 4-8 objects, all distractors,  SFT 600 steps
+# then, after the study: E (as C with 3-5 objects) and C's causal seeds 1 and 2.
 # The point the study took (2-5 objects, half distractors, 600 steps) is its own seed 0
 # (launch/study_calibrated.sh).
 #   launch/calibration.sh WORKDIR
@@ -31,4 +32,11 @@ point C 0 --steps=600 --config.data.question_types=$four --config.data.objects_m
   --config.data.objects_max=6 --config.data.distractors=0.5 &
 point D 1 --steps=600 --config.data.question_types=$four --config.data.objects_min=4 \
   --config.data.objects_max=8 --config.data.distractors=1.0 &
+wait
+point E 0 --steps=600 --config.data.question_types=$four --config.data.objects_min=3 \
+  --config.data.objects_max=5 --config.data.distractors=0.5 &
+# C again with causal seeds 1 and 2 (its PT and seed 0 reused; a later flag wins)
+point C_seeds 1 --steps=600 --workdir="$w/C" --variants=causal --seeds=3 \
+  --config.data.question_types=$four --config.data.objects_min=3 \
+  --config.data.objects_max=6 --config.data.distractors=0.5 &
 wait
