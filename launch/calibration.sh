@@ -7,20 +7,20 @@
 #   C  existence x3 + attribute_shape, 3-6 objects, half distractors, SFT 600 steps
 #   D  existence x3 + attribute_shape, 4-8 objects, all distractors,  SFT 600 steps
 # then, after the study: E (as C with 3-5 objects) and C's causal seeds 1 and 2.
-# The point the study took (2-5 objects, half distractors, 600 steps) is its own seed 0
+# The first study took 2-5 objects without a point of its own; the committed study takes C
 # (launch/study_calibrated.sh).
 #   launch/calibration.sh WORKDIR
 set -euo pipefail
 w="${1:?usage: launch/calibration.sh WORKDIR}"
 mkdir -p "$w"
-four=exist_random,exist_popular,exist_adversarial,attribute_shape
+source "$(dirname "$0")/hard64.sh"
+four=$FOUR_TYPES
 point() {  # NAME CORE FLAGS...: one point; its output in WORKDIR/NAME.log
   local name="$1" core="$2"; shift 2
   local start; start=$(date +%s)
   taskset -c "$core" python -m mma_jax.study --workdir="$w/$name" --variants=causal,mma \
     --seeds=1 --jobs=1 --timing_seconds=0 --mechanism_examples=0 --pt_steps=1200 \
-    --config.data.difficulty=hard --config.model.vision.image_size=64 \
-    --config.model.vision.patch_size=16 --config.data.on_the_fly=True "$@" > "$w/$name.log" 2>&1
+    "${HARD64[@]}" --config.data.on_the_fly=True "$@" > "$w/$name.log" 2>&1
   echo "$name: $(( $(date +%s) - start )) s"
 }
 point A 0 --steps=800 --config.data.question_types=$four --config.data.objects_min=2 \

@@ -11,8 +11,8 @@
 set -euo pipefail
 w="${1:?usage: launch/fit_probes.sh WORKDIR}"
 mkdir -p "$w"
-hard=(--config.data.difficulty=hard --config.model.vision.image_size=64
-      --config.model.vision.patch_size=16 --config.data.dir="$w/data")
+source "$(dirname "$0")/hard64.sh"
+hard=("${HARD64[@]}" --config.data.dir="$w/data")
 sft=("${hard[@]}" --config.eval.train_examples=600)
 causal=(--config=configs/sft_causal.py "${sft[@]}")
 run() {  # NAME CORE ARGS...: one training run, its output in WORKDIR/NAME.log
