@@ -44,8 +44,9 @@ def run_study(workdir: str, seeds: int = 5, variants: Sequence[str] = tuple(VARI
   """Run (or reuse) every run of the plan, time each variant's step alone, write the report.
 
   jobs > 1 trains that many runs at once in subprocesses (the PT runs first, only with each
-  other); pin_jobs keeps each to its own CPU cores (run.job_cores). timing_seconds: per variant, for time_variants once all training has ended; 0 = step
-  times from the training logs instead.
+  other); pin_jobs keeps each to its own CPU cores (run.job_cores). timing_seconds: per
+  variant, for time_variants once all training has ended; 0 = step times from the training
+  logs instead.
 
   Returns {"results": collect(...), "rows": summarize(...), "paths": report files,
   "trained": names of the runs trained now}, or None when a run was stopped (SIGTERM).

@@ -129,7 +129,8 @@ def activations(cfg: VLMConfig, mesh, rules, micro_batch: int, length: int, imag
   lm = _stack(rows * length, length, m.hidden, m.heads, m.kv_heads, m.head_dim, m.mlp_dim,
               m.layers, m.remat, grads_to_llm, m.dtype, dense, mesh, rules)
   # float32 logits, their softmax (for the gradient) and the gradient itself, of one chunk
-  logits = rows * (m.loss_chunk_for(length) or length) * m.vocab_size / _split(mesh, rules, "vocab", m.vocab_size) * 4 * 3
+  chunk = m.loss_chunk_for(length) or length
+  logits = rows * chunk * m.vocab_size / _split(mesh, rules, "vocab", m.vocab_size) * 4 * 3
   return int(vis + conn + lm + logits + 2 * rows * length * m.hidden * s)
 
 
