@@ -20,6 +20,14 @@ step, the machine's (ms per step of all jobs together: job / jobs) and its speed
   +pin        each job on its own cores (--pin_jobs): the defaults plus pinning
 
 The speed-up of the last row over `before` is what a study gains here. Nothing is asserted.
+
+  python benchmarks/study_step.py --breakdown [--jobs 2]
+
+splits the last setting's step instead (every job pinned, as a study trains): per job, the
+ms of the input (next batch and host -> device), of the loss alone (forward), of the loss and
+its gradient (forward + backward), and of the whole train step on one batch (with the
+optimizer), each the best of three passes; what the step adds to the gradient is the
+optimizer's update, and backward / forward is the gradient's cost over the loss's.
 """
 import argparse
 import json
@@ -43,8 +51,9 @@ STUDY = {"stage": "sft", "data.difficulty": "hard", "model.vision.image_size": 6
          "data.test_size": 16}
 
 
-def worker(overrides: dict, steps: int, data_dir: str) -> dict:
-  """Trains on the overrides' config and returns {"ms_per_step": ..., "loss": ...}."""
+def worker(overrides: dict, steps: int, data_dir: str, breakdown: bool = False) -> dict:
+  """Trains on the overrides' config and returns {"ms_per_step": ..., "loss": ...}, and with
+  `breakdown` the ms of each part of a step (see the module docstring)."""
   # pylint: disable=g-import-not-at-top (the parent process imports no JAX)
   import jax
   from absl import logging
@@ -71,11 +80,59 @@ def worker(overrides: dict, steps: int, data_dir: str) -> dict:
         state, metrics = step(state, sharding.put_batch(next(it), trainer.mesh))
       jax.block_until_ready(metrics)
       seconds = time.perf_counter() - start
+      out = {"ms_per_step": 1e3 * seconds / steps, "loss": float(metrics["loss"])}
+      if breakdown:
+        out.update(_parts(trainer, c, step, state, it, steps))
       trainer._close_data()  # pylint: disable=protected-access
-  return {"ms_per_step": 1e3 * seconds / steps, "loss": float(metrics["loss"])}
+  return out
 
 
-def measure(name: str, jobs: int, steps: int, data_dir: str) -> list[dict]:
+def _best_ms(fn, steps: int) -> float:
+  """fn() `steps` times, thrice; the best pass's ms per call (fn returns what to wait for)."""
+  # pylint: disable-next=g-import-not-at-top
+  import jax
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = fn()
+    jax.block_until_ready(out)
+    best = min(best, time.perf_counter() - start)
+  return 1e3 * best / steps
+
+
+def _parts(trainer, c, step, state, it, steps: int) -> dict:
+  """The ms of each part of the study's step, on one batch (module docstring)."""
+  # pylint: disable=g-import-not-at-top,protected-access
+  import jax
+  from mma_jax import sharding
+  from mma_jax.train import optimizer
+  from mma_jax.train import step as step_lib
+  batch = sharding.put_batch(next(it), trainer.mesh)
+  trainable = optimizer.trainable_mask(state.params, c.optim.freeze)
+
+  def loss(params):  # as the train step's: frozen parameters take no gradient
+    params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
+                                    trainable)
+    total, count = step_lib.model_loss(trainer.model, params, batch, c.mask)
+    return total / count
+
+  forward, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+  params = state.params
+  out = {"input_ms": _best_ms(lambda: sharding.put_batch(next(it), trainer.mesh), steps),
+         "forward_ms": _best_ms(lambda: forward(params), steps),
+         "grad_ms": _best_ms(lambda: grad(params), steps)}
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = step(holder[0], batch)
+    return metrics
+  out["step_ms"] = _best_ms(one_step, steps)
+  return out
+
+
+def measure(name: str, jobs: int, steps: int, data_dir: str,
+            breakdown: bool = False) -> list[dict]:
   """Runs `jobs` workers of setting `name` at once; their results."""
   # pylint: disable-next=g-import-not-at-top
   from mma_jax.study.run import job_cores
@@ -86,7 +143,8 @@ def measure(name: str, jobs: int, steps: int, data_dir: str) -> list[dict]:
     pin = (lambda cpus=cores[slot]: os.sched_setaffinity(0, cpus)) if cores[slot] else None
     procs.append(subprocess.Popen(
         [sys.executable, __file__, "--worker", json.dumps(overrides), "--steps", str(steps),
-         "--data_dir", data_dir], stdout=subprocess.PIPE, preexec_fn=pin, text=True))
+         "--data_dir", data_dir] + ["--breakdown"] * breakdown, stdout=subprocess.PIPE,
+        preexec_fn=pin, text=True))
   out = []
   for p in procs:
     stdout, _ = p.communicate()
@@ -100,16 +158,22 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--jobs", type=int, default=2)
   parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="split the last setting's step into its parts instead")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--data_dir", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker is not None:
-    print(json.dumps(worker(json.loads(args.worker), args.steps, args.data_dir)))
+    print(json.dumps(worker(json.loads(args.worker), args.steps, args.data_dir,
+                            args.breakdown)))
     return
   with tempfile.TemporaryDirectory() as data_dir:
     measure("+cache", 1, 1, data_dir)  # writes the benchmark files once, before any timing
     print(f"{args.jobs} jobs at once, {args.steps} timed steps each, on {os.cpu_count()} CPUs "
           "(16 rows x 160 tokens, hard shapes at 64 px, tiny model, MMA)")
+    if args.breakdown:
+      _print_breakdown(measure(list(SETTINGS)[-1], args.jobs, args.steps, data_dir, True))
+      return
     print(f"{'setting':<12} {'job ms/step':>12} {'machine ms/step':>16} {'speed-up':>9}  losses")
     base = None
     for name in SETTINGS:
@@ -120,6 +184,16 @@ def main():
       losses = " ".join(f"{r['loss']:.6f}" for r in results)
       print(f"{name:<12} {job:12.1f} {machine:16.1f} {base / machine:8.2f}x  {losses}",
             flush=True)
+
+
+def _print_breakdown(results: list[dict]) -> None:
+  """One line per job: the ms of each part of its step, and backward over forward."""
+  print(f"{'job':<4} {'trained':>8} {'input':>7} {'forward':>8} {'fwd+bwd':>8} {'step':>7} "
+        f"{'optimizer':>10} {'bwd / fwd':>10}   (ms per step)")
+  for i, r in enumerate(results):
+    print(f"{i:<4} {r['ms_per_step']:8.1f} {r['input_ms']:7.1f} {r['forward_ms']:8.1f} "
+          f"{r['grad_ms']:8.1f} {r['step_ms']:7.1f} {r['step_ms'] - r['grad_ms']:10.1f} "
+          f"{(r['grad_ms'] - r['forward_ms']) / r['forward_ms']:10.2f}", flush=True)
 
 
 if __name__ == "__main__":
