@@ -82,7 +82,7 @@ def worker(overrides: dict, steps: int, data_dir: str, breakdown: bool = False) 
       seconds = time.perf_counter() - start
       out = {"ms_per_step": 1e3 * seconds / steps, "loss": float(metrics["loss"])}
       if breakdown:
-        out.update(_parts(trainer, c, step, state, it, steps))
+        out.update(_parts(trainer, step, state, it, steps))
       trainer._close_data()  # pylint: disable=protected-access
   return out
 
@@ -101,20 +101,20 @@ def _best_ms(fn, steps: int) -> float:
   return 1e3 * best / steps
 
 
-def _parts(trainer, c, step, state, it, steps: int) -> dict:
+def _parts(trainer, step, state, it, steps: int) -> dict:
   """The ms of each part of the study's step, on one batch (module docstring)."""
-  # pylint: disable=g-import-not-at-top,protected-access
+  # pylint: disable=g-import-not-at-top
   import jax
   from mma_jax import sharding
   from mma_jax.train import optimizer
   from mma_jax.train import step as step_lib
+  c = trainer.config
   batch = sharding.put_batch(next(it), trainer.mesh)
-  trainable = optimizer.trainable_mask(state.params, c.optim.freeze)
+  loss_sum = step_lib.trainable_loss(trainer.model, c.mask,
+                                     optimizer.trainable_mask(state.params, c.optim.freeze))
 
-  def loss(params):  # as the train step's: frozen parameters take no gradient
-    params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
-                                    trainable)
-    total, count = step_lib.model_loss(trainer.model, params, batch, c.mask)
+  def loss(params):  # the train step's loss, per response token
+    total, count = loss_sum(params, batch)
     return total / count
 
   forward, grad = jax.jit(loss), jax.jit(jax.grad(loss))

@@ -14,7 +14,6 @@ set -euo pipefail
 w="${1:?usage: launch/calibration.sh WORKDIR}"
 mkdir -p "$w"
 source "$(dirname "$0")/hard64.sh"
-four=$FOUR_TYPES
 point() {  # NAME CORE FLAGS...: one point; its output in WORKDIR/NAME.log
   local name="$1" core="$2"; shift 2
   local start; start=$(date +%s)
@@ -23,20 +22,20 @@ point() {  # NAME CORE FLAGS...: one point; its output in WORKDIR/NAME.log
     "${HARD64[@]}" --config.data.on_the_fly=True "$@" > "$w/$name.log" 2>&1
   echo "$name: $(( $(date +%s) - start )) s"
 }
-point A 0 --steps=800 --config.data.question_types=$four --config.data.objects_min=2 \
+point A 0 --steps=800 --config.data.question_types=$FOUR_TYPES --config.data.objects_min=2 \
   --config.data.objects_max=4 --config.data.distractors=0.0 &
-point B 1 --steps=800 --config.data.question_types=${four%,attribute_shape} \
+point B 1 --steps=800 --config.data.question_types=${FOUR_TYPES%,attribute_shape} \
   --config.data.objects_min=2 --config.data.objects_max=4 --config.data.distractors=0.5 &
 wait
-point C 0 --steps=600 --config.data.question_types=$four --config.data.objects_min=3 \
+point C 0 --steps=600 --config.data.question_types=$FOUR_TYPES --config.data.objects_min=3 \
   --config.data.objects_max=6 --config.data.distractors=0.5 &
-point D 1 --steps=600 --config.data.question_types=$four --config.data.objects_min=4 \
+point D 1 --steps=600 --config.data.question_types=$FOUR_TYPES --config.data.objects_min=4 \
   --config.data.objects_max=8 --config.data.distractors=1.0 &
 wait
-point E 0 --steps=600 --config.data.question_types=$four --config.data.objects_min=3 \
+point E 0 --steps=600 --config.data.question_types=$FOUR_TYPES --config.data.objects_min=3 \
   --config.data.objects_max=5 --config.data.distractors=0.5 &
 # C again with causal seeds 1 and 2 (its PT and seed 0 reused; a later flag wins)
 point C_seeds 1 --steps=600 --workdir="$w/C" --variants=causal --seeds=3 \
-  --config.data.question_types=$four --config.data.objects_min=3 \
+  --config.data.question_types=$FOUR_TYPES --config.data.objects_min=3 \
   --config.data.objects_max=6 --config.data.distractors=0.5 &
 wait

@@ -79,10 +79,9 @@ def model_loss(model: vlm.VLM, params, batch, kind: str):
   return chunked_token_loss(head, x, batch["targets"], batch["loss_mask"], chunk)
 
 
-def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str,
-                    grad_accum: int, trainable):
-  """jit-able (state, batch) -> (state, metrics); the loss averages over all response tokens
-  of the step, whether they come in one batch or in grad_accum micro-batches."""
+def trainable_loss(model: vlm.VLM, kind: str, trainable):
+  """(params, batch) -> model_loss's (summed NLL, count), with the parameters that `trainable`
+  (a tree of bools like params) marks False held constant."""
 
   def loss_sum(params, batch):
     # Frozen parameters take no gradient: no backward pass is traced for what only they need
@@ -90,6 +89,15 @@ def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str
     params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
                                     trainable)
     return model_loss(model, params, batch, kind)
+
+  return loss_sum
+
+
+def make_train_step(model: vlm.VLM, opt: optax.GradientTransformation, kind: str,
+                    grad_accum: int, trainable):
+  """jit-able (state, batch) -> (state, metrics); the loss averages over all response tokens
+  of the step, whether they come in one batch or in grad_accum micro-batches."""
+  loss_sum = trainable_loss(model, kind, trainable)
 
   def step(state: TrainState, batch):
     # Micro-batch k takes rows k, k + grad_accum, ...: every device keeps its own rows.
